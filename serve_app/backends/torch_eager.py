@@ -1,0 +1,26 @@
+"""Eager PyTorch: the reference backend, and the one that runs anywhere torch does."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from serve_app.network import build_network, torch_device
+from serve_app.settings import ModelSettings
+from serve_app.weights import WeightsSource
+
+
+class TorchEagerBackend:
+    name = "torch"
+
+    def __init__(self, settings: ModelSettings, source: WeightsSource, threads: int):
+        torch.set_num_threads(threads)
+        device = torch_device(settings.device)
+        self.device = device.type
+        self._device = device
+        self._network = build_network(source, settings).to(device)
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            batch = torch.from_numpy(images).to(self._device)
+            return self._network(batch).float().cpu().numpy()

@@ -1,0 +1,68 @@
+"""The model deployment: batches preprocessed images with @serve.batch and returns probabilities.
+
+The batched call is list-in, list-out over uint8 224x224x3 arrays the ingress already validated,
+so one bad upload can never fail a batch. Top-k and labels are per-request and belong to the
+ingress. Inference runs in a worker thread so the replica keeps accepting requests (and the next
+batch keeps filling) while the current one computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import numpy as np
+import ray
+from ray import serve
+
+from serve_app.backends import load_backend
+from serve_app.predictions import softmax
+from serve_app.settings import BatchSettings, ModelSettings
+from serve_app.weights import resolve_weights
+
+_DEFAULT_BATCH = BatchSettings()
+
+
+def replica_cpu_count() -> int:
+    """Threads to use: the CPUs Ray gave this replica, so replicas on one node don't oversubscribe."""
+    try:
+        assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    except Exception:  # not inside a Ray worker (tests, CLI)
+        assigned = 1.0
+    return max(1, math.ceil(assigned))
+
+
+@serve.deployment(name="Classifier")
+class Classifier:
+    def __init__(self, settings: ModelSettings):
+        started = time.perf_counter()
+        source = resolve_weights(settings.weights, standin_images=settings.standin_images)
+        threads = replica_cpu_count()
+        self._backend = load_backend(settings, source, threads)
+        self._info = {
+            "architecture": "resnet18",
+            "weights": source.describe(),
+            "backend": self._backend.name,
+            "device": self._backend.device,
+            "threads": threads,
+            "load_seconds": round(time.perf_counter() - started, 3),
+        }
+        self._batch = _DEFAULT_BATCH
+
+    def reconfigure(self, user_config: dict) -> None:
+        self._batch = BatchSettings.model_validate(user_config or {})
+        self.classify.set_max_batch_size(self._batch.max_batch_size)
+        self.classify.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s)
+
+    @serve.batch(
+        max_batch_size=_DEFAULT_BATCH.max_batch_size,
+        batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s,
+    )
+    async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        batch = np.stack(images)
+        logits = await asyncio.to_thread(self._backend.infer, batch)
+        return list(softmax(logits))
+
+    def info(self) -> dict:
+        return {**self._info, "batching": self._batch.model_dump()}

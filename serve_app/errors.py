@@ -1,0 +1,48 @@
+"""Client errors as types. Each has a stable `code`; the ingress maps types to HTTP statuses."""
+
+
+class ServiceError(Exception):
+    code = "bad_request"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def as_json(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class NoFileError(ServiceError):
+    code = "no_file"
+
+
+class EmptyImageError(ServiceError):
+    code = "empty_image"
+
+
+class CorruptImageError(ServiceError):
+    code = "corrupt_image"
+
+
+class InvalidParameterError(ServiceError):
+    code = "invalid_parameter"
+
+
+class MalformedRequestError(ServiceError):
+    code = "malformed_request"
+
+
+class TooManyImagesError(ServiceError):
+    code = "too_many_images"
+
+
+class UploadTooLargeError(ServiceError):
+    code = "upload_too_large"
+
+
+class ImageTooLargeError(ServiceError):
+    code = "image_too_large"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    code = "unsupported_media_type"

@@ -1,0 +1,129 @@
+"""Upload bytes -> RGB uint8 224x224x3, the model's input. Pure Pillow and NumPy: no torch, no Ray.
+
+The geometry is torchvision's reference for ResNet18_Weights.IMAGENET1K_V1 (`weights.transforms()`):
+resize the shorter side to 256 (bilinear, antialiased), then center-crop 224. Normalisation with
+MEAN/STD happens inside the model's batch, so images travel between deployments as uint8.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serve_app.errors import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageTooLargeError,
+    UnsupportedMediaTypeError,
+)
+
+RESIZE_SIZE = 256
+CROP_SIZE = 224
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+# Past this, resizing the whole image would allocate far more than the crop needs: resize only
+# the crop's source region instead (within one grey level of the reference, and bounded in memory).
+_MAX_RESIZED_LONG_SIDE = 4096
+
+# Magic numbers of formats Pillow reads: bytes that start like these but fail to decode are a
+# broken image (400), anything else is not an image at all (415).
+_IMAGE_SIGNATURES = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+    b"\x00\x00\x01\x00",  # ICO
+)
+
+
+def _looks_like_image(data: bytes) -> bool:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return True
+    return data.startswith(_IMAGE_SIGNATURES)
+
+
+def decode_image(data: bytes, *, max_pixels: int, draft: bool = True) -> Image.Image:
+    """Decode an upload into an upright RGB image, enforcing the pixel limit before decoding."""
+    if not data:
+        raise EmptyImageError("the uploaded file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image dimensions are too large: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        if _looks_like_image(data):
+            raise CorruptImageError("the image is corrupt and cannot be decoded") from exc
+        raise UnsupportedMediaTypeError(
+            "the file is not an image format this service reads (JPEG, PNG, GIF, WebP, BMP, TIFF)"
+        ) from exc
+    except Exception as exc:  # Pillow raises many types for broken headers
+        raise CorruptImageError(f"the image header is corrupt: {exc}") from exc
+
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise CorruptImageError("the image has no pixels")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    if draft and image.format == "JPEG":
+        # DCT-domain downscale by 2, 4 or 8 while both sides stay >= the resize target, so the
+        # reference resize below still starts from at least 256 px: far less to decode for photos.
+        image.draft(image.mode, (RESIZE_SIZE, RESIZE_SIZE))
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+    except ImageTooLargeError:
+        raise
+    except Exception as exc:
+        raise CorruptImageError(f"the image is truncated or corrupt: {exc}") from exc
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: 16-bit greys are scaled (not clipped), transparency goes on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        grey = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if grey.max(initial=0) <= 65535 else grey.max() / 255.0
+        image = Image.fromarray(np.clip(grey / scale, 0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def preprocess(image: Image.Image) -> np.ndarray:
+    """RGB image -> uint8 array (224, 224, 3): torchvision's resize-256 and center-crop-224."""
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    resized_long = int(RESIZE_SIZE * long / short)  # torchvision's rounding
+    resized = (RESIZE_SIZE, resized_long) if width <= height else (resized_long, RESIZE_SIZE)
+    top = int(round((resized[1] - CROP_SIZE) / 2.0))
+    left = int(round((resized[0] - CROP_SIZE) / 2.0))
+    if resized_long <= _MAX_RESIZED_LONG_SIDE:
+        image = image.resize(resized, Image.Resampling.BILINEAR)
+        crop = image.crop((left, top, left + CROP_SIZE, top + CROP_SIZE))
+    else:
+        sx, sy = width / resized[0], height / resized[1]
+        box = (left * sx, top * sy, (left + CROP_SIZE) * sx, (top + CROP_SIZE) * sy)
+        crop = image.resize((CROP_SIZE, CROP_SIZE), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(crop, dtype=np.uint8)
+
+
+def load_image(data: bytes, *, max_pixels: int, draft: bool = True) -> np.ndarray:
+    """Upload bytes -> model input: decode, then preprocess."""
+    return preprocess(decode_image(data, max_pixels=max_pixels, draft=draft))

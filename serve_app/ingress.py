@@ -1,0 +1,242 @@
+"""The HTTP side: Starlette routes, upload validation, decoding, and the error contract.
+
+Request flow: read the body (bounded) -> split into uploads -> decode + preprocess each in a
+worker thread (imaging.py) -> send uint8 arrays to the Classifier, which batches them ->
+top-k and labels per request -> JSON. Every client error is a ServiceError, rendered as
+{"error": {"code", "message"}} with the status from HTTP_STATUS. This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from serve_app.errors import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageTooLargeError,
+    InvalidParameterError,
+    MalformedRequestError,
+    NoFileError,
+    ServiceError,
+    TooManyImagesError,
+    UnsupportedMediaTypeError,
+    UploadTooLargeError,
+)
+from serve_app.imaging import load_image
+from serve_app.labels import imagenet_labels
+from serve_app.predictions import top_k
+from serve_app.settings import IngressSettings
+
+HTTP_STATUS: dict[type[ServiceError], int] = {
+    NoFileError: 400,
+    EmptyImageError: 400,
+    CorruptImageError: 400,
+    InvalidParameterError: 400,
+    MalformedRequestError: 400,
+    TooManyImagesError: 400,
+    UploadTooLargeError: 413,
+    ImageTooLargeError: 413,
+    UnsupportedMediaTypeError: 415,
+}
+
+STANDIN_NOTICE = "STAND-IN weights (seeded, not trained on ImageNet): the labels are meaningless."
+HEALTH_TIMEOUT_S = 10.0
+_RAW_BODY_TYPES = ("application/octet-stream",)
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str | None
+    data: bytes
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    return JSONResponse(error.as_json(), status_code=HTTP_STATUS.get(type(error), 400))
+
+
+def parse_top_k(raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidParameterError(f"top_k must be an integer from 1 to 1000, got {raw!r}") from None
+    if not 1 <= value <= 1000:
+        raise InvalidParameterError(f"top_k must be from 1 to 1000, got {value}")
+    return value
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    too_large = UploadTooLargeError(f"the upload is larger than the limit of {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_multipart(request: Request, body: bytes) -> list[Upload]:
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=100_000, max_fields=1000)
+    except Exception as exc:
+        raise MalformedRequestError(f"the multipart body cannot be parsed: {exc}") from None
+    parts = form.getlist("file")
+    if not parts:
+        raise NoFileError("the multipart request has no `file` field")
+    uploads = []
+    for part in parts:
+        if not isinstance(part, UploadFile):
+            raise NoFileError("the `file` field must be a file upload, not a text value")
+        uploads.append(Upload(part.filename, await part.read()))
+    return uploads
+
+
+async def read_uploads(request: Request, settings: IngressSettings) -> list[Upload]:
+    """The images of a request: multipart `file` parts, or one raw image/* body."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        uploads = await parse_multipart(request, await read_body(request, settings.max_upload_bytes))
+    elif media_type.startswith("image/") or media_type in _RAW_BODY_TYPES:
+        body = await read_body(request, settings.max_upload_bytes)
+        if not body:
+            raise NoFileError("the request body is empty: send an image")
+        uploads = [Upload(None, body)]
+    elif not media_type and not await read_body(request, settings.max_upload_bytes):
+        raise NoFileError("no file: send multipart/form-data with a `file` field, or a raw image/* body")
+    else:
+        raise UnsupportedMediaTypeError(
+            f"content type {media_type or '(none)'} is not accepted: send multipart/form-data "
+            "with a `file` field, or a raw body with an image/* content type"
+        )
+    if len(uploads) > settings.max_images_per_request:
+        raise TooManyImagesError(
+            f"{len(uploads)} images in one request; the limit is {settings.max_images_per_request}"
+        )
+    return uploads
+
+
+def public_model_info(info: dict[str, Any]) -> dict[str, Any]:
+    weights = info["weights"]
+    public = {
+        "architecture": info["architecture"],
+        "weights": weights["name"],
+        "weights_sha256": weights["sha256"],
+        "standin": weights["standin"],
+        "backend": info["backend"],
+        "device": info["device"],
+    }
+    if weights["standin"]:
+        public["notice"] = STANDIN_NOTICE
+    return public
+
+
+async def render_service_error(_: Request, error: ServiceError) -> Response:
+    return error_response(error)
+
+
+async def render_http_error(_: Request, error: HTTPException) -> Response:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    return JSONResponse({"error": {"code": code, "message": error.detail}}, status_code=error.status_code)
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress:
+    def __init__(self, classifier: DeploymentHandle, settings: IngressSettings):
+        self._classifier = classifier
+        self._settings = settings
+        self._labels = imagenet_labels()
+        self._model_info: dict[str, Any] | None = None
+
+    def __serve_build_asgi_app__(self) -> Starlette:
+        routes = [
+            Route("/v1/classify", self.classify, methods=["POST"]),
+            Route("/predict", self.predict, methods=["POST"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/v1/labels", self.labels, methods=["GET"]),
+        ]
+        return Starlette(
+            routes=routes,
+            exception_handlers={ServiceError: render_service_error, HTTPException: render_http_error},
+        )
+
+    async def classify(self, request: Request) -> Response:
+        k = parse_top_k(request.query_params.get("top_k"), self._settings.default_top_k)
+        uploads = await read_uploads(request, self._settings)
+        if len(uploads) == 1:
+            probabilities = await self._probabilities(uploads[0])
+            body = {"predictions": top_k(probabilities, k, self._labels)}
+        else:
+            outcomes = await asyncio.gather(
+                *(self._probabilities(u) for u in uploads), return_exceptions=True
+            )
+            body = {"results": [self._result_entry(u, o, k) for u, o in zip(uploads, outcomes)]}
+        body["model"] = await self._public_model_info()
+        return JSONResponse(body)
+
+    async def predict(self, request: Request) -> Response:
+        """The original design's route: one `file`, top-3 as [{"label", "score"}]."""
+        uploads = await read_uploads(request, self._settings)
+        if len(uploads) != 1:
+            raise TooManyImagesError("/predict takes exactly one `file`; use /v1/classify for several")
+        probabilities = await self._probabilities(uploads[0])
+        return JSONResponse(
+            [{"label": p["label"], "score": p["score"]} for p in top_k(probabilities, 3, self._labels)]
+        )
+
+    async def healthz(self, request: Request) -> Response:
+        try:
+            info = await asyncio.wait_for(self._classifier.info.remote(), HEALTH_TIMEOUT_S)
+        except Exception as exc:
+            return JSONResponse(
+                {"status": "unavailable", "reason": f"model deployment not answering: {type(exc).__name__}"},
+                status_code=503,
+            )
+        self._model_info = public_model_info(info)
+        return JSONResponse({"status": "ok", "model": self._model_info, "replica": info})
+
+    async def labels(self, request: Request) -> Response:
+        labels = [{"index": x.index, "label": x.label, "label_zh": x.label_zh} for x in self._labels]
+        return JSONResponse({"count": len(labels), "labels": labels})
+
+    async def _probabilities(self, upload: Upload) -> np.ndarray:
+        image = await asyncio.to_thread(
+            load_image, upload.data, max_pixels=self._settings.max_image_pixels, draft=self._settings.draft_decode
+        )
+        return await self._classifier.classify.remote(image)
+
+    def _result_entry(self, upload: Upload, outcome: np.ndarray | BaseException, k: int) -> dict:
+        entry: dict[str, Any] = {"filename": upload.filename}
+        if isinstance(outcome, ServiceError):
+            entry.update(outcome.as_json())
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            entry["predictions"] = top_k(outcome, k, self._labels)
+        return entry
+
+    async def _public_model_info(self) -> dict[str, Any]:
+        if self._model_info is None:
+            self._model_info = public_model_info(await self._classifier.info.remote())
+        return self._model_info

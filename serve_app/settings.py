@@ -1,0 +1,79 @@
+"""Typed settings: the `args:` of a Serve config and the model deployment's `user_config`.
+
+Every default and limit of the service lives here, once. Ray-managed knobs (replicas,
+autoscaling, resources, `max_ongoing_requests`) stay under the config's `deployments:`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+WEIGHTS_ENV_VAR = "SERVE_APP_WEIGHTS"
+
+BackendName = Literal["torch"]
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Strict):
+    weights: str = Field(
+        "torchvision",
+        description=(
+            "'torchvision' (official IMAGENET1K_V1 file from the torch hub cache, downloaded "
+            "there if the network allows), 'standin' (deterministic seeded weights for tests "
+            "and offline demos), or a path to a ResNet-18 state dict."
+        ),
+    )
+    backend: BackendName = Field("torch", description="Inference backend of the model replicas.")
+    device: DeviceName = Field("auto", description="'auto' picks CUDA, then MPS, then CPU.")
+    standin_images: str | None = Field(
+        None,
+        description=(
+            "Folder of JPEGs the stand-in weights calibrate their batch-norm statistics on. "
+            "Default: $SERVE_APP_STANDIN_IMAGES, else the shared/images folder beside the repo."
+        ),
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Where built stand-in weights are cached. Default: $SERVE_APP_CACHE or ~/.cache/serve_app.",
+    )
+
+
+class IngressSettings(_Strict):
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body accepted (413 above).")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest width x height decoded (413 above; stops decompression bombs)."
+    )
+    max_images_per_request: int = Field(32, ge=1, le=1024, description="Most `file` parts in one request.")
+    default_top_k: int = Field(3, ge=1, le=1000, description="Classes returned when the request names no top_k.")
+    draft_decode: bool = Field(
+        True, description="Decode large JPEGs at reduced size (DCT scaling) before the reference resize."
+    )
+
+
+class AppSettings(_Strict):
+    model: ModelSettings = ModelSettings()
+    ingress: IngressSettings = IngressSettings()
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any] | None) -> "AppSettings":
+        """Validate a config's `args:`; $SERVE_APP_WEIGHTS overrides `model.weights`."""
+        settings = cls.model_validate(args or {})
+        override = os.environ.get(WEIGHTS_ENV_VAR)
+        if override:
+            model = settings.model.model_copy(update={"weights": override})
+            settings = settings.model_copy(update={"model": model})
+        return settings
+
+
+class BatchSettings(_Strict):
+    """The model deployment's `user_config`: applied with the `@serve.batch` setters, live."""
+
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0)

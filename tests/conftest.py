@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.harness import SHARED_IMAGES
+
+
+@pytest.fixture(scope="session")
+def shared_images() -> list[Path]:
+    images = sorted(SHARED_IMAGES.glob("*.JPEG"))
+    assert len(images) == 100, f"expected the 100 shared ImageNet JPEGs in {SHARED_IMAGES}"
+    return images
+
+
+@pytest.fixture(scope="session")
+def standin_reference():
+    """torchvision's own pipeline (weights.transforms() + resnet18) on the stand-in weights."""
+    import torch
+    from PIL import Image, ImageOps
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    from serve_app.settings import ModelSettings
+    from serve_app.standin import standin_state_dict
+
+    settings = ModelSettings(weights="standin")
+    model = resnet18()
+    model.load_state_dict(standin_state_dict(settings.standin_images, settings.cache_dir))
+    model.eval()
+    transforms = ResNet18_Weights.IMAGENET1K_V1.transforms()
+
+    def probabilities(path: Path):
+        image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+        with torch.no_grad():
+            return torch.softmax(model(transforms(image).unsqueeze(0)), dim=1)[0].numpy()
+
+    return probabilities

@@ -1,0 +1,64 @@
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.settings import AppSettings, BatchSettings
+from tests.harness import deployment, load_config
+
+
+@pytest.mark.parametrize("name", ["cpu.yaml", "gpu.yaml"])
+def test_config_is_valid_for_ray_and_for_us(name):
+    config = load_config(name)
+    ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
+    app = config["applications"][0]
+    assert app["import_path"] == "serve_app.app:build"
+    AppSettings.from_args(app["args"])
+    classifier = deployment(config, "Classifier")
+    batch = BatchSettings.model_validate(classifier["user_config"])
+    assert classifier["max_ongoing_requests"] >= batch.max_batch_size
+    assert {d["name"] for d in app["deployments"]} == {"Ingress", "Classifier"}
+
+
+def test_gpu_config_asks_for_gpus_and_big_batches():
+    config = load_config("gpu.yaml")
+    classifier = deployment(config, "Classifier")
+    assert classifier["ray_actor_options"]["num_gpus"] > 0
+    assert BatchSettings.model_validate(classifier["user_config"]).max_batch_size >= 64
+    assert config["applications"][0]["args"]["model"]["device"] == "cuda"
+
+
+def test_cpu_config_asks_for_no_gpu():
+    config = load_config("cpu.yaml")
+    assert deployment(config, "Classifier")["ray_actor_options"]["num_gpus"] == 0
+    assert config["applications"][0]["args"]["model"]["device"] == "cpu"
+
+
+def test_unknown_or_out_of_range_settings_are_rejected():
+    with pytest.raises(ValidationError):
+        AppSettings.from_args({"model": {"wieghts": "standin"}})
+    with pytest.raises(ValidationError):
+        AppSettings.from_args({"ingress": {"default_top_k": 0}})
+    with pytest.raises(ValidationError):
+        AppSettings.from_args({"model": {"backend": "tensorflow"}})
+    with pytest.raises(ValidationError):
+        BatchSettings.model_validate({"max_batch_size": 0})
+
+
+def test_environment_overrides_the_weights_setting(monkeypatch):
+    monkeypatch.setenv("SERVE_APP_WEIGHTS", "standin")
+    assert AppSettings.from_args({"model": {"weights": "torchvision"}}).model.weights == "standin"
+
+
+def test_builder_makes_an_ingress_over_a_classifier():
+    from serve_app.app import build
+
+    app = build({"model": {"weights": "standin"}})
+    assert type(app).__name__ == "Application"
+
+
+def test_ingress_side_never_imports_torch():
+    code = "import sys, serve_app.app, serve_app.ingress; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
