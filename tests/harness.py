@@ -39,7 +39,7 @@ def deployment(config: dict[str, Any], name: str) -> dict[str, Any]:
     return next(d for d in config["applications"][0]["deployments"] if d["name"] == name)
 
 
-def test_config(
+def sized_config(
     port: int,
     *,
     weights: str = "standin",

@@ -1,0 +1,143 @@
+"""End to end: the real `serve run configs/cpu.yaml` (sized for 2 cores), real HTTP on 127.0.0.1."""
+
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.harness import free_port, serve_run, sized_config
+from tests.images import png_header_only, truncated
+
+pytestmark = pytest.mark.serve
+
+
+@pytest.fixture(scope="module")
+def service():
+    with serve_run(sized_config(free_port())) as base_url:
+        yield base_url
+
+
+def classify(base_url, path, top_k=3, client=httpx):
+    with open(path, "rb") as f:
+        return client.post(
+            f"{base_url}/v1/classify", params={"top_k": top_k},
+            files={"file": (path.name, f.read(), "image/jpeg")}, timeout=60,
+        )
+
+
+def test_health_reports_the_standin_weights_and_backend(service):
+    health = httpx.get(f"{service}/healthz").json()
+    assert health["status"] == "ok"
+    assert health["model"]["standin"] is True and "STAND-IN" in health["model"]["notice"]
+    assert health["model"]["backend"] == "torch" and health["model"]["device"] == "cpu"
+
+
+def test_every_shared_image_matches_torchvisions_reference(service, shared_images, standin_reference):
+    with httpx.Client() as client:
+        for path in shared_images:
+            response = classify(service, path, top_k=1000, client=client)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["model"]["standin"] is True
+            served = np.zeros(1000)
+            for p in body["predictions"]:
+                served[p["index"]] = p["score"]
+            np.testing.assert_allclose(served, standin_reference(path), atol=1e-4, err_msg=path.name)
+            scores = [p["score"] for p in body["predictions"]]
+            assert scores == sorted(scores, reverse=True)
+
+
+def test_64_concurrent_requests_answer_like_one_at_a_time(service, shared_images):
+    paths = shared_images[:64]
+    with httpx.Client() as client:
+        sequential = [classify(service, p, client=client).json()["predictions"] for p in paths]
+
+    async def all_at_once():
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as client:
+            async def one(path):
+                return await client.post(
+                    f"{service}/v1/classify", files={"file": (path.name, path.read_bytes(), "image/jpeg")}, timeout=120
+                )
+            return await asyncio.gather(*(one(p) for p in paths))
+
+    concurrent = asyncio.run(all_at_once())
+    assert [r.status_code for r in concurrent] == [200] * 64
+    for alone, together in zip(sequential, (r.json()["predictions"] for r in concurrent)):
+        assert [p["index"] for p in alone] == [p["index"] for p in together]
+        np.testing.assert_allclose([p["score"] for p in alone], [p["score"] for p in together], atol=1e-5)
+
+
+def test_raw_image_body_and_predict_route(service, shared_images):
+    data = shared_images[5].read_bytes()
+    raw = httpx.post(f"{service}/v1/classify", content=data, headers={"content-type": "image/jpeg"}).json()
+    predict = httpx.post(f"{service}/predict", files={"file": ("x.jpg", data, "image/jpeg")})
+    assert predict.status_code == 200
+    assert predict.json() == [{"label": p["label"], "score": p["score"]} for p in raw["predictions"]]
+
+
+def test_several_images_get_one_entry_each_and_a_bad_one_fails_alone(service, shared_images):
+    files = [
+        ("file", ("a.jpg", shared_images[0].read_bytes(), "image/jpeg")),
+        ("file", ("broken.jpg", truncated(shared_images[1]), "image/jpeg")),
+        ("file", ("c.jpg", shared_images[2].read_bytes(), "image/jpeg")),
+    ]
+    response = httpx.post(f"{service}/v1/classify", files=files, params={"top_k": 2}, timeout=60)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["filename"] for r in results] == ["a.jpg", "broken.jpg", "c.jpg"]
+    assert results[1]["error"]["code"] == "corrupt_image" and "predictions" not in results[1]
+    for index in (0, 2):
+        alone = classify(service, shared_images[index], top_k=2).json()["predictions"]
+        together = results[index]["predictions"]
+        assert [p["index"] for p in together] == [p["index"] for p in alone]
+        np.testing.assert_allclose([p["score"] for p in together], [p["score"] for p in alone], atol=1e-5)
+
+
+def test_labels_route_lists_1000_classes_in_both_languages(service):
+    body = httpx.get(f"{service}/v1/labels").json()
+    assert body["count"] == 1000
+    assert body["labels"][970] == {"index": 970, "label": "alp", "label_zh": "高山"}
+
+
+BAD_INPUTS = {
+    "no file field": (dict(files={"other": ("a.jpg", b"x", "image/jpeg")}), 400, "no_file"),
+    "text field named file": (dict(data={"file": "hello"}, files={"x": ("y", b"", "text/plain")}), 400, "no_file"),
+    "no body at all": (dict(), 400, "no_file"),
+    "empty raw body": (dict(content=b"", headers={"content-type": "image/png"}), 400, "no_file"),
+    "empty file": (dict(files={"file": ("a.jpg", b"", "image/jpeg")}), 400, "empty_image"),
+    "corrupt image": (dict(files={"file": ("a.png", b"\x89PNG\r\n\x1a\n" + b"\x01" * 64, "image/png")}), 400, "corrupt_image"),
+    "not an image": (dict(files={"file": ("a.jpg", b"%PDF-1.7 not a photo", "image/jpeg")}), 415, "unsupported_media_type"),
+    "json body": (dict(json={"image": "base64?"}), 415, "unsupported_media_type"),
+    "decompression bomb": (dict(files={"file": ("bomb.png", png_header_only(50_000, 50_000), "image/png")}), 413, "image_too_large"),
+    "over the upload limit": (dict(content=b"\xff\xd8\xff" + b"\0" * (10 * 1024 * 1024), headers={"content-type": "image/jpeg"}), 413, "upload_too_large"),
+    "top_k not a number": (dict(params={"top_k": "many"}, files={"file": ("a", b"x", "image/jpeg")}), 400, "invalid_parameter"),
+    "top_k out of range": (dict(params={"top_k": 1001}, files={"file": ("a", b"x", "image/jpeg")}), 400, "invalid_parameter"),
+    "malformed multipart": (dict(content=b"--xyz\r\nbroken", headers={"content-type": "multipart/form-data; boundary=xyz"}), 400, None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gets_a_json_4xx_and_the_service_keeps_serving(service, shared_images, case):
+    kwargs, status, code = BAD_INPUTS[case]
+    response = httpx.post(f"{service}/v1/classify", timeout=60, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    if code:
+        assert error["code"] == code
+    assert classify(service, shared_images[0]).status_code == 200
+
+
+def test_truncated_jpeg_is_a_400(service, shared_images):
+    response = httpx.post(
+        f"{service}/v1/classify", files={"file": ("t.jpg", truncated(shared_images[3], 0.3), "image/jpeg")}
+    )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "corrupt_image"
+
+
+def test_unknown_route_and_wrong_method_are_json_errors(service):
+    missing = httpx.get(f"{service}/v2/nothing")
+    wrong = httpx.get(f"{service}/v1/classify")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
