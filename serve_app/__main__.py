@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from serve_app.settings import AppSettings
+from serve_app.settings import AppSettings, ModelSettings
 from serve_app.weights import WeightsError, resolve_weights
 
 
@@ -18,9 +18,9 @@ def _app_settings(config: Path) -> AppSettings:
     return AppSettings.from_args(document["applications"][0].get("args"))
 
 
-def check_weights(spec: str, allow_download: bool, standin_images: str | None = None) -> int:
+def check_weights(spec: str, allow_download: bool, calibration_images: str | None = None) -> int:
     try:
-        source = resolve_weights(spec, allow_download=allow_download, standin_images=standin_images)
+        source = resolve_weights(spec, allow_download=allow_download, calibration_images=calibration_images)
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -30,7 +30,7 @@ def check_weights(spec: str, allow_download: bool, standin_images: str | None = 
 
 def serve(config: Path) -> int:
     settings = _app_settings(config)
-    if check_weights(settings.model.weights, True, settings.model.standin_images):
+    if check_weights(settings.model.weights, True, settings.model.calibration_images):
         return 2
     http = yaml.safe_load(config.read_text()).get("http_options", {})
     print(f"starting Ray Serve with {config}: http://127.0.0.1:{http.get('port', 8000)} (Ctrl-C stops it)", flush=True)
@@ -46,12 +46,32 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check-weights", help="resolve and checksum the configured weights")
     check.add_argument("--weights", default=None, help="default: $SERVE_APP_WEIGHTS or 'torchvision'")
     check.add_argument("--no-download", action="store_true", help="never try the network")
+    exporter = commands.add_parser("export", help="build TorchScript, ONNX and INT8 ONNX artifacts + manifest")
+    exporter.add_argument("--out", type=Path, required=True)
+    exporter.add_argument("--weights", default=None, help="default: $SERVE_APP_WEIGHTS or 'torchvision'")
+    exporter.add_argument("--settings-json", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.command == "serve":
         return serve(args.config)
     spec = args.weights or os.environ.get("SERVE_APP_WEIGHTS") or "torchvision"
+    if args.command == "export":
+        return export(args.out, spec, args.settings_json)
     return check_weights(spec, allow_download=not args.no_download)
+
+
+def export(out: Path, spec: str, settings_json: str | None) -> int:
+    from serve_app.artifacts import export_artifacts
+
+    settings = ModelSettings.model_validate_json(settings_json) if settings_json else ModelSettings(weights=spec)
+    try:
+        manifest = export_artifacts(settings, out)
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for backend, entry in manifest["artifacts"].items():
+        print(f"{backend:12s} {out / entry['file']}  sha256={entry['sha256'][:16]}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def replica_cpu_count() -> int:
 class Classifier:
     def __init__(self, settings: ModelSettings):
         started = time.perf_counter()
-        source = resolve_weights(settings.weights, standin_images=settings.standin_images)
+        source = resolve_weights(settings.weights, calibration_images=settings.calibration_images)
         threads = replica_cpu_count()
         self._backend = load_backend(settings, source, threads)
         self._info = {

@@ -27,7 +27,7 @@ class ResNet18Classifier(torch.nn.Module):
 
 def load_state_dict(source: WeightsSource, settings: ModelSettings) -> dict:
     if source.is_standin:
-        return standin_state_dict(settings.standin_images, settings.cache_dir)
+        return standin_state_dict(settings.calibration_images, settings.cache_dir)
     try:
         return torch.load(source.path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 WEIGHTS_ENV_VAR = "SERVE_APP_WEIGHTS"
 
-BackendName = Literal["torch"]
+BackendName = Literal["auto", "torch", "torchscript", "onnx", "onnx-int8"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
 
@@ -30,18 +30,28 @@ class ModelSettings(_Strict):
             "and offline demos), or a path to a ResNet-18 state dict."
         ),
     )
-    backend: BackendName = Field("torch", description="Inference backend of the model replicas.")
+    backend: BackendName = Field(
+        "torch",
+        description="'torch', 'torchscript', 'onnx', 'onnx-int8', or 'auto' (onnx-int8 on CPU, torch on a GPU).",
+    )
     device: DeviceName = Field("auto", description="'auto' picks CUDA, then MPS, then CPU.")
-    standin_images: str | None = Field(
+    calibration_images: str | None = Field(
         None,
         description=(
-            "Folder of JPEGs the stand-in weights calibrate their batch-norm statistics on. "
-            "Default: $SERVE_APP_STANDIN_IMAGES, else the shared/images folder beside the repo."
+            "Folder of photos the stand-in's batch norm and the INT8 quantization calibrate on. "
+            "Default: $SERVE_APP_CALIBRATION_IMAGES, else the shared/images folder beside the repo."
         ),
     )
     cache_dir: str | None = Field(
         None,
-        description="Where built stand-in weights are cached. Default: $SERVE_APP_CACHE or ~/.cache/serve_app.",
+        description="Where built stand-ins and artifacts are cached. Default: $SERVE_APP_CACHE or ~/.cache/serve_app.",
+    )
+    artifacts_dir: str | None = Field(
+        None,
+        description="Prepared artifacts (`python -m serve_app export --out DIR`); default: build into the cache.",
+    )
+    onnx_spinning: bool = Field(
+        False, description="Let ONNX Runtime's idle threads spin (only pays when the replica owns its cores)."
     )
 
 

@@ -14,28 +14,13 @@ import hashlib
 import os
 from pathlib import Path
 
-from serve_app.weights import WeightsError
+from serve_app.calibration import calibration_batch, calibration_files
 
 STANDIN_VERSION = "standin-v1"
 SEED = 0
-CALIBRATION_IMAGES = 32
 CALIBRATION_CHUNK = 16
 TARGET_LOGIT_STD = 3.0
-IMAGES_ENV_VAR = "SERVE_APP_STANDIN_IMAGES"
 CACHE_ENV_VAR = "SERVE_APP_CACHE"
-_REPO_SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-
-
-def calibration_files(configured: str | None = None) -> list[Path]:
-    folder = Path(configured or os.environ.get(IMAGES_ENV_VAR) or _REPO_SHARED_IMAGES).expanduser()
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
-    if not files:
-        raise WeightsError(
-            f"stand-in weights calibrate on real photos, but {folder} holds none. "
-            f"Set `standin_images` or {IMAGES_ENV_VAR} to a folder of JPEGs."
-        )
-    return files[:CALIBRATION_IMAGES]
 
 
 def standin_identity(configured_images: str | None = None) -> str:
@@ -59,7 +44,7 @@ def standin_state_dict(configured_images: str | None = None, configured_cache: s
     path = cache_folder(configured_cache) / f"resnet18-{STANDIN_VERSION}-{identity[:16]}.pt"
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
-    state = build_standin_state_dict(calibration_files(configured_images))
+    state = build_standin_state_dict(configured_images)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
     torch.save(state, partial)
@@ -67,16 +52,15 @@ def standin_state_dict(configured_images: str | None = None, configured_cache: s
     return state
 
 
-def build_standin_state_dict(files: list[Path]) -> dict:
-    import numpy as np
+def build_standin_state_dict(configured_images: str | None = None) -> dict:
     import torch
     from torchvision.models import resnet18
 
-    from serve_app.imaging import MEAN, STD, load_image
+    from serve_app.imaging import MEAN, STD
 
     torch.manual_seed(SEED)
     net = resnet18(weights=None).double()
-    photos = np.stack([load_image(p.read_bytes(), max_pixels=10**9, draft=False) for p in files])
+    photos = calibration_batch(configured_images)
     mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
     inputs = (torch.from_numpy(photos).permute(0, 3, 1, 2).double() / 255.0 - mean) / std

@@ -112,13 +112,13 @@ def official_weights(allow_download: bool = True) -> WeightsSource:
     return WeightsSource("official", path, checked_file(path), "IMAGENET1K_V1")
 
 
-def resolve_weights(spec: str, *, allow_download: bool = True, standin_images: str | None = None) -> WeightsSource:
+def resolve_weights(spec: str, *, allow_download: bool = True, calibration_images: str | None = None) -> WeightsSource:
     """The `weights` setting -> a checked source. Never loads tensors."""
     if spec == "torchvision":
         return official_weights(allow_download)
     if spec == "standin":
         from serve_app.standin import standin_identity
 
-        return WeightsSource("standin", None, standin_identity(standin_images), "standin")
+        return WeightsSource("standin", None, standin_identity(calibration_images), "standin")
     path = Path(spec).expanduser()
     return WeightsSource("file", path, checked_file(path), path.name)

@@ -26,7 +26,7 @@ def standin_reference():
 
     settings = ModelSettings(weights="standin")
     model = resnet18()
-    model.load_state_dict(standin_state_dict(settings.standin_images, settings.cache_dir))
+    model.load_state_dict(standin_state_dict(settings.calibration_images, settings.cache_dir))
     model.eval()
     transforms = ResNet18_Weights.IMAGENET1K_V1.transforms()
 

@@ -12,7 +12,7 @@ from serve_app.imaging import load_image
 from serve_app.network import build_network
 from serve_app.predictions import softmax
 from serve_app.settings import ModelSettings
-from serve_app.standin import build_standin_state_dict, calibration_files, standin_state_dict
+from serve_app.standin import build_standin_state_dict, standin_state_dict
 from serve_app.weights import WeightsError, file_sha256, resolve_weights
 
 
@@ -97,8 +97,7 @@ def test_check_weights_command_prints_one_message_not_a_traceback(empty_hub):
 
 
 def test_standin_is_deterministic():
-    files = calibration_files()[:8]
-    first, second = build_standin_state_dict(files), build_standin_state_dict(files)
+    first, second = build_standin_state_dict(), build_standin_state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 

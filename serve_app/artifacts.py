@@ -1,0 +1,126 @@
+"""Backend artifacts built from checked weights: TorchScript, ONNX FP32, ONNX INT8, and a manifest.
+
+`export_artifacts` (torch, run by `python -m serve_app export`) writes them; `artifact_path` (no
+torch) finds verified ones for a replica: the configured `artifacts_dir`, else a local cache keyed
+by the weights' sha256, built once by a child process so the replica itself never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from serve_app.settings import ModelSettings
+from serve_app.weights import WeightsError, WeightsSource, file_sha256
+
+MANIFEST = "manifest.json"
+ARTIFACT_FILES = {
+    "torchscript": "resnet18.torchscript.pt",
+    "onnx": "resnet18.onnx",
+    "onnx-int8": "resnet18-int8.onnx",
+}
+ONNX_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+class ArtifactError(WeightsError):
+    """Artifacts missing, stale (built from other weights) or tampered with."""
+
+
+def export_artifacts(settings: ModelSettings, out_dir: Path) -> dict:
+    import torch
+
+    from serve_app.calibration import calibration_batch
+    from serve_app.network import build_network
+    from serve_app.weights import resolve_weights
+
+    source = resolve_weights(settings.weights, calibration_images=settings.calibration_images)
+    network = build_network(source, settings)
+    example = torch.zeros(2, 224, 224, 3, dtype=torch.uint8)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.jit.freeze(torch.jit.trace(network, example)).save(str(out_dir / ARTIFACT_FILES["torchscript"]))
+        torch.onnx.export(
+            network, (example,), str(out_dir / ARTIFACT_FILES["onnx"]), dynamo=False,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    quantize_int8(out_dir / ARTIFACT_FILES["onnx"], out_dir / ARTIFACT_FILES["onnx-int8"],
+                  calibration_batch(settings.calibration_images))
+    manifest = {
+        "weights": source.describe(),
+        "artifacts": {
+            backend: {"file": name, "sha256": file_sha256(out_dir / name)} for backend, name in ARTIFACT_FILES.items()
+        },
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, photos) -> None:
+    """Static QDQ quantization: per-channel int8 weights, uint8 activations calibrated on photos."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Photos(CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter([{INPUT_NAME: photos[i : i + 8]} for i in range(0, len(photos), 8)])
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(
+            str(prepared), str(int8_path), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )
+
+
+def verified_artifact(folder: Path, source: WeightsSource, backend: str) -> Path:
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"no {MANIFEST} in {folder}: run `python -m serve_app export --out {folder}`")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest["weights"]["sha256"] != source.sha256:
+        raise ArtifactError(
+            f"artifacts in {folder} were built from weights {manifest['weights']['sha256'][:12]}, "
+            f"not the configured {source.sha256[:12]}: export them again"
+        )
+    entry = manifest["artifacts"][backend]
+    path = folder / entry["file"]
+    if not path.is_file() or file_sha256(path) != entry["sha256"]:
+        raise ArtifactError(f"{path} is missing or does not match its sha256 in {MANIFEST}")
+    return path
+
+
+def artifact_path(settings: ModelSettings, source: WeightsSource, backend: str) -> Path:
+    if settings.artifacts_dir:
+        return verified_artifact(Path(settings.artifacts_dir).expanduser(), source, backend)
+    from serve_app.standin import cache_folder
+
+    folder = cache_folder(settings.cache_dir) / "artifacts" / source.sha256[:16]
+    if not (folder / MANIFEST).is_file():
+        build_in_child_process(settings, folder)
+    return verified_artifact(folder, source, backend)
+
+
+def build_in_child_process(settings: ModelSettings, folder: Path) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
+    command = [sys.executable, "-m", "serve_app", "export", "--out", str(staging), "--settings-json",
+               settings.model_copy(update={"artifacts_dir": None}).model_dump_json()]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ArtifactError(f"building artifacts failed:\n{result.stderr[-3000:]}")
+    try:
+        os.rename(staging, folder)  # atomic; a replica that lost the race keeps the winner's copy
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)

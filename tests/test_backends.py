@@ -1,0 +1,83 @@
+"""Every backend answers like eager torch on the shared images; artifacts are checked before use."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from serve_app.artifacts import ArtifactError, artifact_path, export_artifacts
+from serve_app.backends import load_backend
+from serve_app.imaging import load_image
+from serve_app.predictions import softmax
+from serve_app.settings import ModelSettings
+from serve_app.weights import resolve_weights
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("artifacts")
+    export_artifacts(ModelSettings(weights="standin"), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photos(shared_images):
+    return np.stack([load_image(p.read_bytes(), max_pixels=10**8) for p in shared_images])
+
+
+def probabilities(backend_name, photos, artifacts):
+    settings = ModelSettings(weights="standin", backend=backend_name, device="cpu", artifacts_dir=str(artifacts))
+    backend = load_backend(settings, resolve_weights("standin"), threads=2)
+    return softmax(np.concatenate([backend.infer(photos[i : i + 16]) for i in range(0, len(photos), 16)]))
+
+
+@pytest.mark.parametrize("backend_name", ["torchscript", "onnx"])
+def test_backend_matches_eager_torch(backend_name, photos, artifacts):
+    reference = probabilities("torch", photos, artifacts)
+    served = probabilities(backend_name, photos, artifacts)
+    assert np.abs(served - reference).max() <= 1e-4
+    assert (np.argsort(-served, axis=1)[:, :3] == np.argsort(-reference, axis=1)[:, :3]).all()
+
+
+def test_onnx_replica_never_imports_torch(artifacts):
+    code = (
+        "import sys; from serve_app.backends import load_backend; from serve_app.settings import ModelSettings;"
+        "from serve_app.weights import resolve_weights;"
+        f"s = ModelSettings(weights='standin', backend='onnx-int8', artifacts_dir={str(artifacts)!r});"
+        "load_backend(s, resolve_weights('standin'), 1); sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_artifacts_from_other_weights_are_refused(artifacts, tmp_path):
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    manifest["weights"]["sha256"] = "0" * 64
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    settings = ModelSettings(weights="standin", artifacts_dir=str(stale))
+    with pytest.raises(ArtifactError, match="export them again"):
+        artifact_path(settings, resolve_weights("standin"), "onnx")
+
+
+def test_tampered_artifact_is_refused(artifacts, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(artifacts, copy)
+    with open(copy / "resnet18.onnx", "ab") as f:
+        f.write(b"\0")
+    settings = ModelSettings(weights="standin", artifacts_dir=str(copy))
+    with pytest.raises(ArtifactError, match="sha256"):
+        artifact_path(settings, resolve_weights("standin"), "onnx")
+
+
+def test_missing_artifacts_are_built_once_into_the_cache(tmp_path):
+    settings = ModelSettings(weights="standin", cache_dir=str(tmp_path))
+    source = resolve_weights("standin")
+    first = artifact_path(settings, source, "onnx")
+    built_at = first.stat().st_mtime_ns
+    assert artifact_path(settings, source, "onnx-int8").parent == first.parent
+    assert first.stat().st_mtime_ns == built_at, "a second replica must reuse, not rebuild"
