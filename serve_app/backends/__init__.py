@@ -34,10 +34,6 @@ AUTO_CPU_BACKEND = "onnx-int8"
 AUTO_GPU_BACKEND = "torch"
 
 
-def available_backends() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 def has_gpu(device: str) -> bool:
     if device != "auto":
         return device in ("cuda", "mps")
