@@ -1,4 +1,4 @@
-"""Command line: `python -m serve_app serve|check-weights`."""
+"""Command line: `python -m serve_app serve|check-weights|export|evaluate`."""
 
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     exporter.add_argument("--out", type=Path, required=True)
     exporter.add_argument("--weights", default=None, help="default: $SERVE_APP_WEIGHTS or 'torchvision'")
     exporter.add_argument("--settings-json", default=None, help=argparse.SUPPRESS)
+    evaluator = commands.add_parser("evaluate", help="compare every backend with eager torch on a folder of photos")
+    evaluator.add_argument("--images", type=Path, required=True, help="photos; synset-named files also get accuracy")
+    evaluator.add_argument("--weights", default=None, help="default: $SERVE_APP_WEIGHTS or 'torchvision'")
+    evaluator.add_argument("--backends", default="torchscript,onnx,onnx-int8", help="comma-separated")
+    evaluator.add_argument("--artifacts", default=None, help="exported artifacts (default: build into the cache)")
+    evaluator.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -57,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = args.weights or os.environ.get("SERVE_APP_WEIGHTS") or "torchvision"
     if args.command == "export":
         return export(args.out, spec, args.settings_json)
+    if args.command == "evaluate":
+        return evaluate(args.images, ModelSettings(weights=spec, artifacts_dir=args.artifacts),
+                        args.backends.split(","), args.threads)
     return check_weights(spec, allow_download=not args.no_download)
 
 
@@ -71,6 +80,19 @@ def export(out: Path, spec: str, settings_json: str | None) -> int:
         return 2
     for backend, entry in manifest["artifacts"].items():
         print(f"{backend:12s} {out / entry['file']}  sha256={entry['sha256'][:16]}")
+    return 0
+
+
+def evaluate(images: Path, settings: ModelSettings, backends: list[str], threads: int) -> int:
+    from serve_app.evaluate import evaluate as run_evaluation
+    from serve_app.evaluate import format_reports, image_files
+
+    try:
+        reports = run_evaluation(settings, images, backends, threads)
+    except (WeightsError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_reports(reports, len(image_files(images)), settings.weights))
     return 0
 
 

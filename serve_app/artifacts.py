@@ -2,7 +2,7 @@
 
 `export_artifacts` (torch, run by `python -m serve_app export`) writes them; `artifact_path` (no
 torch) finds verified ones for a replica: the configured `artifacts_dir`, else a local cache keyed
-by the weights' sha256, built once by a child process so the replica itself never imports torch.
+by the weights' and calibration photos' sha256, built once by a child process so the replica itself never imports torch.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class ArtifactError(WeightsError):
 def export_artifacts(settings: ModelSettings, out_dir: Path) -> dict:
     import torch
 
-    from serve_app.calibration import calibration_batch
+    from serve_app.calibration import calibration_batch, calibration_identity
     from serve_app.network import build_network
     from serve_app.weights import resolve_weights
 
@@ -54,6 +54,7 @@ def export_artifacts(settings: ModelSettings, out_dir: Path) -> dict:
                   calibration_batch(settings.calibration_images))
     manifest = {
         "weights": source.describe(),
+        "calibration_sha256": calibration_identity(settings.calibration_images),
         "artifacts": {
             backend: {"file": name, "sha256": file_sha256(out_dir / name)} for backend, name in ARTIFACT_FILES.items()
         },
@@ -103,9 +104,12 @@ def verified_artifact(folder: Path, source: WeightsSource, backend: str) -> Path
 def artifact_path(settings: ModelSettings, source: WeightsSource, backend: str) -> Path:
     if settings.artifacts_dir:
         return verified_artifact(Path(settings.artifacts_dir).expanduser(), source, backend)
-    from serve_app.standin import cache_folder
+    from serve_app.cache import cache_folder
+    from serve_app.calibration import calibration_identity
 
-    folder = cache_folder(settings.cache_dir) / "artifacts" / source.sha256[:16]
+    # INT8 ranges depend on the calibration photos as well as the weights.
+    key = f"{source.sha256[:16]}-{calibration_identity(settings.calibration_images)[:8]}"
+    folder = cache_folder(settings.cache_dir) / "artifacts" / key
     if not (folder / MANIFEST).is_file():
         build_in_child_process(settings, folder)
     return verified_artifact(folder, source, backend)

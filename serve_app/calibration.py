@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -24,6 +25,15 @@ def calibration_files(configured: str | None = None) -> list[Path]:
             f"Set `calibration_images` or {IMAGES_ENV_VAR} to a folder of JPEGs."
         )
     return files[:CALIBRATION_IMAGES]
+
+
+def calibration_identity(configured: str | None = None) -> str:
+    """sha256 over the calibration photos' names and contents: what INT8 ranges and the stand-in depend on."""
+    digest = hashlib.sha256()
+    for path in calibration_files(configured):
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def calibration_batch(configured: str | None = None):

@@ -4,9 +4,10 @@
 class ServiceError(Exception):
     code = "bad_request"
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
 
     def as_json(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
@@ -46,3 +47,9 @@ class ImageTooLargeError(ServiceError):
 
 class UnsupportedMediaTypeError(ServiceError):
     code = "unsupported_media_type"
+
+
+class OverloadedError(ServiceError):
+    """The model deployment's queue is full: try again shortly (503 with Retry-After)."""
+
+    code = "overloaded"

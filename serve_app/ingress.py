@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -29,6 +30,7 @@ from serve_app.errors import (
     InvalidParameterError,
     MalformedRequestError,
     NoFileError,
+    OverloadedError,
     ServiceError,
     TooManyImagesError,
     UnsupportedMediaTypeError,
@@ -49,6 +51,7 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     UploadTooLargeError: 413,
     ImageTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
+    OverloadedError: 503,
 }
 
 STANDIN_NOTICE = "STAND-IN weights (seeded, not trained on ImageNet): the labels are meaningless."
@@ -63,7 +66,7 @@ class Upload:
 
 
 def error_response(error: ServiceError) -> JSONResponse:
-    return JSONResponse(error.as_json(), status_code=HTTP_STATUS.get(type(error), 400))
+    return JSONResponse(error.as_json(), status_code=HTTP_STATUS.get(type(error), 400), headers=error.headers)
 
 
 def parse_top_k(raw: str | None, default: int) -> int:
@@ -224,10 +227,18 @@ class Ingress:
         image = await asyncio.to_thread(
             load_image, upload.data, max_pixels=self._settings.max_image_pixels, draft=self._settings.draft_decode
         )
-        return await self._classifier.classify.remote(image)
+        try:
+            return await self._classifier.classify.remote(image)
+        except BackPressureError:
+            raise OverloadedError(
+                "the service is at capacity (model queue full): retry after the Retry-After delay",
+                headers={"Retry-After": str(self._settings.retry_after_s)},
+            ) from None
 
     def _result_entry(self, upload: Upload, outcome: np.ndarray | BaseException, k: int) -> dict:
         entry: dict[str, Any] = {"filename": upload.filename}
+        if isinstance(outcome, OverloadedError):
+            raise outcome  # the whole request is retried, not a part of it
         if isinstance(outcome, ServiceError):
             entry.update(outcome.as_json())
         elif isinstance(outcome, BaseException):

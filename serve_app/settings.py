@@ -65,6 +65,9 @@ class IngressSettings(_Strict):
     draft_decode: bool = Field(
         True, description="Decode large JPEGs at reduced size (DCT scaling) before the reference resize."
     )
+    retry_after_s: int = Field(
+        1, ge=0, le=3600, description="Retry-After seconds sent with 503 when the model queue is full."
+    )
 
 
 class AppSettings(_Strict):

@@ -2,9 +2,10 @@
 
 Plain random init answers one class for every image (its batch-norm layers normalise with
 mean 0 / var 1, so activations drift into one direction), which would let a broken pipeline pass
-every comparison. So after seeding, the batch-norm statistics are recomputed on real photos and
-the classifier is sharpened until its softmax is peaked. Both steps run in float64 so the result
-is the same in every process; it is cached on disk, keyed by the seed and the photos' hashes.
+every comparison. So after seeding, the batch-norm statistics are recomputed on real photos, the
+residual branches are damped, and the classifier becomes a nearest-prototype one over those photos
+(see `prototype_classifier`). All of it runs in float64 so the result is the same in every process;
+it is cached on disk, keyed by the version, the seed and the photos' hashes.
 The stand-in knows nothing about ImageNet: its labels are meaningless, only its arithmetic is real.
 """
 
@@ -12,28 +13,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
-from serve_app.calibration import calibration_batch, calibration_files
+from serve_app.cache import cache_folder
+from serve_app.calibration import calibration_batch, calibration_identity
 
-STANDIN_VERSION = "standin-v1"
+STANDIN_VERSION = "standin-v2"
 SEED = 0
 CALIBRATION_CHUNK = 16
-TARGET_LOGIT_STD = 3.0
-CACHE_ENV_VAR = "SERVE_APP_CACHE"
+TARGET_LOGIT_STD = 1.0
+NUM_CLASSES = 1000
+# Damped residual branches, as in trained ResNets: an undamped random ResNet is chaotic enough
+# that INT8 rounding alone changes its answers.
+RESIDUAL_SCALE = 0.5
+OTHER_CLASS_SCALE = 0.3
 
 
 def standin_identity(configured_images: str | None = None) -> str:
-    digest = hashlib.sha256(f"{STANDIN_VERSION}:{SEED}".encode())
-    for path in calibration_files(configured_images):
-        digest.update(path.name.encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    digest = hashlib.sha256(f"{STANDIN_VERSION}:{SEED}:".encode())
+    digest.update(calibration_identity(configured_images).encode())
     return digest.hexdigest()
-
-
-def cache_folder(configured: str | None = None) -> Path:
-    default = Path.home() / ".cache" / "serve_app"
-    return Path(configured or os.environ.get(CACHE_ENV_VAR) or default).expanduser()
 
 
 def standin_state_dict(configured_images: str | None = None, configured_cache: str | None = None) -> dict:
@@ -75,12 +73,37 @@ def build_standin_state_dict(configured_images: str | None = None) -> dict:
         for chunk in chunks:
             net(chunk)
         net.eval()
-        logits = torch.cat([net(chunk) for chunk in chunks])
-        # Pooled ReLU features share one large common direction that makes a few classes win
-        # everywhere; centring each class's logit over the photos leaves what differs per image.
-        net.fc.bias.sub_(logits.mean(dim=0))
-        logits = logits - logits.mean(dim=0)
-        sharpen = TARGET_LOGIT_STD / logits.std(dim=1).mean()
-        net.fc.weight.mul_(sharpen)
-        net.fc.bias.mul_(sharpen)
+        for name, module in net.named_modules():
+            if name.endswith("bn2"):
+                module.weight.mul_(RESIDUAL_SCALE)
+                module.bias.mul_(RESIDUAL_SCALE)
+        net.fc = torch.nn.Identity()
+        features = torch.cat([net(chunk) for chunk in chunks])
+    net.fc = prototype_classifier(features)
     return {k: v.float() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+
+
+def prototype_classifier(features):
+    """A linear layer that answers, for each image, the class of the most similar calibration photo.
+
+    Pooled features of a random network share one large common direction, so they are centred on
+    the photos' mean first. Rows of PROTOTYPE_CLASSES seeded classes are the photos' centred
+    features; the other classes get small random rows, so every class has a probability but the
+    top-1 margins are as clear as a trained network's (which is what INT8 quantization needs).
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(SEED)
+    mean = features.mean(dim=0)
+    prototypes = torch.nn.functional.normalize(features - mean, dim=1)
+    weight = torch.randn(NUM_CLASSES, features.shape[1], generator=generator, dtype=features.dtype)
+    weight *= OTHER_CLASS_SCALE / features.shape[1] ** 0.5
+    classes = torch.randperm(NUM_CLASSES, generator=generator)[: len(prototypes)]
+    weight[classes] = prototypes
+    logits = (features - mean) @ weight.T
+    sharpen = TARGET_LOGIT_STD / logits.std(dim=1).mean()
+    fc = torch.nn.Linear(features.shape[1], NUM_CLASSES, dtype=features.dtype)
+    with torch.no_grad():
+        fc.weight.copy_(weight * sharpen)
+        fc.bias.copy_(-(weight @ mean) * sharpen)
+    return fc

@@ -36,3 +36,14 @@ def standin_reference():
             return torch.softmax(model(transforms(image).unsqueeze(0)), dim=1)[0].numpy()
 
     return probabilities
+
+
+@pytest.fixture(scope="session")
+def standin_artifacts(tmp_path_factory) -> Path:
+    """TorchScript, ONNX and INT8 ONNX exported from the stand-in, once per test run."""
+    from serve_app.artifacts import export_artifacts
+    from serve_app.settings import ModelSettings
+
+    folder = tmp_path_factory.mktemp("artifacts")
+    export_artifacts(ModelSettings(weights="standin"), folder)
+    return folder

@@ -43,6 +43,7 @@ def sized_config(
     port: int,
     *,
     weights: str = "standin",
+    backend: str | None = None,
     ingress_cpus: float = 0.25,
     classifier_cpus: float = 0.5,
     edit: Callable[[dict[str, Any]], None] | None = None,
@@ -51,6 +52,8 @@ def sized_config(
     config = copy.deepcopy(load_config())
     config["http_options"].update(host="127.0.0.1", port=port)
     config["applications"][0]["args"]["model"]["weights"] = weights
+    if backend:
+        config["applications"][0]["args"]["model"]["backend"] = backend
     deployment(config, "Ingress")["ray_actor_options"]["num_cpus"] = ingress_cpus
     deployment(config, "Classifier")["ray_actor_options"]["num_cpus"] = classifier_cpus
     if edit:
@@ -58,41 +61,79 @@ def sized_config(
     return config
 
 
+def healthz_ok(base_url: str) -> bool:
+    return httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200
+
+
 @contextmanager
-def serve_run(config: dict[str, Any], startup_timeout_s: float = 240.0) -> Iterator[str]:
-    """Start `serve run` on `config` in its own process group; yield the base URL once healthy."""
-    port = config["http_options"]["port"]
-    base_url = f"http://127.0.0.1:{port}"
+def serve_run(
+    config: dict[str, Any], startup_timeout_s: float = 240.0, ready: Callable[[str], bool] = healthz_ok
+) -> Iterator[str]:
+    """Start `serve run` on `config` in its own process group; yield the base URL once ready."""
     workdir = Path(tempfile.mkdtemp(prefix="serve-app-test-"))
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    log = open(workdir / "serve.log", "wb")
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SERVE_APP_WEIGHTS")}
     serve_cli = Path(sys.executable).with_name("serve")
-    process = subprocess.Popen(
-        [str(serve_cli), "run", str(config_path)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        wait_healthy(base_url, process, startup_timeout_s, workdir / "serve.log")
-        yield base_url
-    finally:
-        stop(process)
-        log.close()
+    with running([str(serve_cli), "run", str(config_path)], workdir / "serve.log") as process:
+        wait_ready(f"http://127.0.0.1:{config['http_options']['port']}", process, startup_timeout_s, ready)
+        yield f"http://127.0.0.1:{config['http_options']['port']}"
 
 
-def wait_healthy(base_url: str, process: subprocess.Popen, timeout_s: float, log_path: Path) -> None:
+@contextmanager
+def running(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Run `command` from the repository root in its own process group; stop the group afterwards."""
+    base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SERVE_APP_WEIGHTS")}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, env={**base_env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        process.log_path = log_path
+        try:
+            yield process
+        finally:
+            stop(process)
+
+
+def wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float, ready: Callable[[str], bool]) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"serve run exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{_tail(process)}")
         try:
-            if httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200:
+            if ready(base_url):
                 return
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    raise TimeoutError(f"service not healthy after {timeout_s}s:\n{log_path.read_text()[-4000:]}")
+    raise TimeoutError(f"not ready after {timeout_s}s:\n{_tail(process)}")
+
+
+def _tail(process: subprocess.Popen) -> str:
+    return Path(process.log_path).read_text(errors="replace")[-4000:]
+
+
+def process_memory_mb(pid: int) -> dict[str, float]:
+    """Current (VmRSS) and peak (VmHWM) resident memory of a process, in MB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return {"rss_mb": fields.get("VmRSS", 0.0), "peak_rss_mb": fields.get("VmHWM", 0.0)}
+
+
+def processes_named(fragment: str) -> list[int]:
+    """PIDs whose command line contains fragment (Ray titles replicas `ray::ServeReplica:<app>:<deployment>`)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if fragment in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 def stop(process: subprocess.Popen) -> None:

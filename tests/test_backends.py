@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from serve_app.artifacts import ArtifactError, artifact_path, export_artifacts
+from serve_app.artifacts import ArtifactError, artifact_path
 from serve_app.backends import load_backend
 from serve_app.imaging import load_image
 from serve_app.predictions import softmax
@@ -16,10 +16,8 @@ from serve_app.weights import resolve_weights
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("artifacts")
-    export_artifacts(ModelSettings(weights="standin"), folder)
-    return folder
+def artifacts(standin_artifacts):
+    return standin_artifacts
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +37,16 @@ def test_backend_matches_eager_torch(backend_name, photos, artifacts):
     served = probabilities(backend_name, photos, artifacts)
     assert np.abs(served - reference).max() <= 1e-4
     assert (np.argsort(-served, axis=1)[:, :3] == np.argsort(-reference, axis=1)[:, :3]).all()
+
+
+def test_int8_agrees_with_eager_torch_on_top1(photos, artifacts):
+    reference = probabilities("torch", photos, artifacts)
+    served = probabilities("onnx-int8", photos, artifacts)
+    agreement = (served.argmax(1) == reference.argmax(1)).mean()
+    error = np.abs(served - reference)
+    print(f"INT8 vs eager torch: top-1 agreement {agreement:.0%}, mean |dp| {error.mean():.2e}, max {error.max():.2e}")
+    assert agreement >= 0.95
+    assert error.mean() < 1e-3
 
 
 def test_onnx_replica_never_imports_torch(artifacts):

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def standin_weights():
     return standin_state_dict()
 
 
-def save_with_hash_name(state: dict, folder) -> "Path":
+def save_with_hash_name(state: dict, folder: Path) -> Path:
     draft = folder / "draft.pth"
     torch.save(state, draft)
     named = folder / f"resnet18-{file_sha256(draft)[:8]}.pth"

@@ -52,7 +52,11 @@ def backend_name(settings: ModelSettings) -> str:
     return AUTO_GPU_BACKEND if has_gpu(settings.device) else AUTO_CPU_BACKEND
 
 
-def load_backend(settings: ModelSettings, source: WeightsSource, threads: int) -> Backend:
+def backend_class(settings: ModelSettings) -> type:
+    """The configured backend's class; importing it imports its runtime (torch or ONNX Runtime)."""
     module_name, class_name = _REGISTRY[backend_name(settings)].split(":")
-    backend_class = getattr(importlib.import_module(module_name), class_name)
-    return backend_class(settings, source, threads)
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def load_backend(settings: ModelSettings, source: WeightsSource, threads: int) -> Backend:
+    return backend_class(settings)(settings, source, threads)

@@ -1,0 +1,197 @@
+"""Ours against the simple ways, one after another on the same machine, photos and load generator.
+
+    python -m benchmarks.compare                       # ~10 minutes on 2 cores
+    python -m benchmarks.compare --seconds 5 --concurrency 1,8
+
+Systems: `ours` (configs/cpu.yaml via `serve run`, sized for this machine by `sized_for_two_cores`),
+`plain-serve` (benchmarks/baselines/plain_serve.py) and `flask` (benchmarks/baselines/flask_app.py
+under gunicorn, one worker per core). Each is started, warmed up, swept over the concurrency levels
+and stopped before the next starts. Also measures the in-process ceiling (the fastest backend
+decoding and classifying in one process, no HTTP). Writes benchmarks/results/serving.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+import httpx
+
+from benchmarks.load import LoadResult, load_photos, plot, results_table, sweep
+from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
+from tests.harness import deployment, free_port, running, serve_run, sized_config, wait_ready
+
+LEVELS = [1, 8, 32, 64]
+TARGETS = {"vs_flask": 3.0, "vs_plain": 2.0, "p99_over_p50_at_8": 3.0}
+
+
+def sized_for_two_cores(config: dict) -> None:
+    """Ours on a 2-core box (the sweep in results/batching.md chose these): one model replica with
+    both cores' threads, the ingress decoding beside it."""
+    classifier = deployment(config, "Classifier")
+    classifier["ray_actor_options"]["num_cpus"] = 1.5
+    classifier.pop("autoscaling_config", None)
+    classifier["num_replicas"] = 1
+    ingress = deployment(config, "Ingress")
+    ingress["ray_actor_options"]["num_cpus"] = 0.5
+    ingress.pop("autoscaling_config", None)
+    ingress["num_replicas"] = 1
+
+
+def post_ok(path: str):
+    photo = load_photos()[0]
+
+    def ready(base_url: str) -> bool:
+        return httpx.post(base_url + path, files={"file": (photo[0], photo[1], "image/jpeg")}, timeout=30).status_code == 200
+
+    return ready
+
+
+@contextmanager
+def ours(weights: str, edit=sized_for_two_cores) -> Iterator[str]:
+    with serve_run(sized_config(free_port(), weights=weights, edit=edit)) as url:
+        yield url + "/v1/classify"
+
+
+@contextmanager
+def plain_serve(weights: str) -> Iterator[str]:
+    port = free_port()
+    config = {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [{
+            "name": "plain", "route_prefix": "/", "import_path": "benchmarks.baselines.plain_serve:app",
+            "runtime_env": {"env_vars": {"SERVE_APP_WEIGHTS": weights}},
+        }],
+    }
+    with serve_run(config, ready=post_ok("/")) as url:
+        yield url + "/"
+
+
+@contextmanager
+def flask(weights: str) -> Iterator[str]:
+    port = free_port()
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    log = Path(tempfile.mkdtemp(prefix="flask-baseline-")) / "gunicorn.log"
+    command = [gunicorn, "-w", str(os.cpu_count() or 1), "-b", f"127.0.0.1:{port}", "--timeout", "120",
+               "benchmarks.baselines.flask_app:app"]
+    with running(command, log, env={"SERVE_APP_WEIGHTS": weights}) as process:
+        wait_ready(f"http://127.0.0.1:{port}", process, 240, post_ok("/predict"))
+        yield f"http://127.0.0.1:{port}/predict"
+
+
+SYSTEMS = {"ours": ours, "plain-serve": plain_serve, "flask": flask}
+
+
+def in_process_ceiling(weights: str, seconds: float) -> float:
+    """The fastest backend (onnx-int8) decoding + classifying the photos in one process, batch 8."""
+    from benchmarks.backends import run_backend, summarise
+    from serve_app.artifacts import export_artifacts
+    from serve_app.settings import ModelSettings
+
+    class Quiet:
+        def update(self, _):
+            pass
+
+    with tempfile.TemporaryDirectory() as artifacts:
+        export_artifacts(ModelSettings(weights=weights), Path(artifacts))
+        args = SimpleNamespace(weights=weights, threads=os.cpu_count() or 1, seconds=seconds,
+                               images=Path(__file__).resolve().parents[2] / "shared" / "images")
+        result = run_backend("onnx-int8", args, artifacts, Quiet())
+    return summarise({"onnx-int8": result})[("onnx-int8", "decode+model", 8)]["images_s"]
+
+
+def write_results(args, series: dict[str, list[LoadResult]], ceiling: float | None) -> Path:
+    def at(name, level):
+        return next(r for r in series[name] if r.concurrency == level)
+
+    sections = [
+        "# Serving benchmark: ours against the simple ways",
+        "",
+        f"- Machine: {machine_line()}",
+        f"- Command: `{args.command}`",
+        f"- Weights: `{args.weights}`; photos: the 100 shared ImageNet JPEGs, one per request (multipart).",
+        f"- Each system started alone, warmed up, then {args.seconds:g} s per concurrency level; "
+        "the load generator (benchmarks/load.py) runs on the same cores.",
+        "",
+    ]
+    for name, results in series.items():
+        sections += [f"## {name}", "", results_table(results), ""]
+
+    rows, checks = [], []
+    levels = [r.concurrency for r in series.get("ours", [])]
+    for level in levels:
+        row = [level, f"{at('ours', level).req_s:.1f}"]
+        for other in ("plain-serve", "flask"):
+            if other in series:
+                base = at(other, level).req_s
+                row += [f"{base:.1f}", f"{at('ours', level).req_s / base:.2f}x" if base else "n/a"]
+        rows.append(row)
+    header = ["concurrency", "ours req/s"]
+    for other in ("plain-serve", "flask"):
+        if other in series:
+            header += [f"{other} req/s", f"ours / {other}"]
+    sections += ["## Side by side", "", markdown_table(header, rows), ""]
+
+    if "ours" in series and 32 in levels:
+        ours32 = at("ours", 32)
+        for other, key in (("flask", "vs_flask"), ("plain-serve", "vs_plain")):
+            if other in series and at(other, 32).req_s:
+                ratio = ours32.req_s / at(other, 32).req_s
+                checks.append((f"throughput at concurrency 32, ours / {other}", f"{ratio:.2f}x",
+                               f">= {TARGETS[key]}x", ratio >= TARGETS[key]))
+        errors = sum(r.errors for r in series["ours"])
+        checks.append(("errors (ours, all levels)", str(errors), "0", errors == 0))
+    if "ours" in series and 8 in levels:
+        ours8 = at("ours", 8)
+        ratio = ours8.percentile_ms(99) / ours8.percentile_ms(50)
+        checks.append(("p99 / p50 at concurrency 8 (ours)", f"{ratio:.2f}", f"<= {TARGETS['p99_over_p50_at_8']}",
+                       ratio <= TARGETS["p99_over_p50_at_8"]))
+    if checks:
+        sections += ["## Targets", "", markdown_table(["what", "measured", "target", "met"],
+                                                      [[a, b, c, "yes" if ok else "**no**"] for a, b, c, ok in checks]), ""]
+    if ceiling and "ours" in series:
+        best = max(r.images_s for r in series["ours"])
+        sections += [f"In-process ceiling (onnx-int8, decode + classify in one process, batch 8, no HTTP): "
+                     f"{ceiling:.0f} images/s. Ours at its best level: {best:.0f} images/s = "
+                     f"{100 * best / ceiling:.0f}% of it.", ""]
+    sections += ["![serving](serving.png)", ""]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "serving.md"
+    out.write_text("\n".join(sections) + args.notes)
+    (RESULTS / "serving.json").write_text(json.dumps(
+        {name: [r.summary() for r in results] for name, results in series.items()} | {"ceiling_images_s": ceiling},
+        indent=2))
+    plot(series, RESULTS / "serving.png", "ours vs the simple ways")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--concurrency", default=",".join(map(str, LEVELS)))
+    parser.add_argument("--seconds", type=float, default=20.0, help="per concurrency level")
+    parser.add_argument("--weights", default="standin")
+    parser.add_argument("--no-ceiling", action="store_true")
+    parser.add_argument("--notes", type=Path, default=None, help="Markdown appended to the results file")
+    args = parser.parse_args()
+    args.command = command_line()
+    args.notes = ("\n" + args.notes.read_text()) if args.notes else ""
+    levels = [int(x) for x in args.concurrency.split(",")]
+    photos = load_photos()
+    series = {}
+    for name in args.systems.split(","):
+        with SYSTEMS[name](args.weights) as url:
+            series[name] = sweep(url, levels, photos, seconds=args.seconds, label=name)
+    ceiling = None if args.no_ceiling else in_process_ceiling(args.weights, seconds=3.0)
+    print(write_results(args, series, ceiling).read_text())
+
+
+if __name__ == "__main__":
+    main()

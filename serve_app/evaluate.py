@@ -1,0 +1,99 @@
+"""`python -m serve_app evaluate`: how far each backend strays from eager torch on a folder of photos.
+
+Every backend sees the same decoded batch as in the service. Agreement and probability error are
+measured against eager torch on the same weights; where a photo's file or folder name starts with
+its ImageNet synset (`n01440764_tench.JPEG`, `val/n01440764/x.JPEG`), top-1/top-5 accuracy is
+reported too, which only means something with the official weights.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serve_app.backends import load_backend
+from serve_app.imaging import load_image
+from serve_app.labels import class_index_by_wnid
+from serve_app.predictions import softmax
+from serve_app.settings import ModelSettings
+from serve_app.weights import resolve_weights
+
+REFERENCE_BACKEND = "torch"
+BATCH = 16
+_SYNSET = re.compile(r"^(n\d{8})")
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    backend: str
+    top1_agreement: float  # with eager torch
+    mean_abs_prob_error: float
+    max_abs_prob_error: float
+    top1_accuracy: float | None  # None when no file name carries a synset
+    top5_accuracy: float | None
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+
+
+def true_class(path: Path) -> int | None:
+    for name in (path.name, path.parent.name):
+        match = _SYNSET.match(name)
+        if match and match.group(1) in class_index_by_wnid():
+            return class_index_by_wnid()[match.group(1)]
+    return None
+
+
+def probabilities(settings: ModelSettings, backend: str, photos: np.ndarray, threads: int) -> np.ndarray:
+    source = resolve_weights(settings.weights, calibration_images=settings.calibration_images)
+    chosen = ModelSettings.model_validate({**settings.model_dump(), "backend": backend})  # rejects unknown names
+    runner = load_backend(chosen, source, threads)
+    return softmax(np.concatenate([runner.infer(photos[i : i + BATCH]) for i in range(0, len(photos), BATCH)]))
+
+
+def evaluate(settings: ModelSettings, folder: Path, backends: list[str], threads: int = 2) -> list[BackendReport]:
+    files = image_files(folder)
+    if not files:
+        raise ValueError(f"no images under {folder}")
+    photos = np.stack([load_image(path.read_bytes(), max_pixels=10**9) for path in files])
+    truth = [true_class(path) for path in files]
+    labelled = np.array([t is not None for t in truth])
+    truth_array = np.array([t if t is not None else -1 for t in truth])
+
+    reference = probabilities(settings, REFERENCE_BACKEND, photos, threads)
+    reports = []
+    for backend in [REFERENCE_BACKEND, *[b for b in backends if b != REFERENCE_BACKEND]]:
+        probs = reference if backend == REFERENCE_BACKEND else probabilities(settings, backend, photos, threads)
+        error = np.abs(probs - reference)
+        top5 = np.argsort(-probs, axis=1)[:, :5]
+        accuracy = labelled.any()
+        reports.append(BackendReport(
+            backend=backend,
+            top1_agreement=float((probs.argmax(1) == reference.argmax(1)).mean()),
+            mean_abs_prob_error=float(error.mean()),
+            max_abs_prob_error=float(error.max()),
+            top1_accuracy=float((top5[labelled, 0] == truth_array[labelled]).mean()) if accuracy else None,
+            top5_accuracy=float((top5[labelled] == truth_array[labelled, None]).any(1).mean()) if accuracy else None,
+        ))
+    return reports
+
+
+def format_reports(reports: list[BackendReport], images: int, weights: str) -> str:
+    def percent(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    lines = [
+        f"{images} images, weights: {weights}",
+        f"{'backend':12s} {'top-1 agreement':>16s} {'mean |dp|':>10s} {'max |dp|':>9s} {'top-1 acc':>10s} {'top-5 acc':>10s}",
+    ]
+    for r in reports:
+        lines.append(
+            f"{r.backend:12s} {percent(r.top1_agreement):>16s} {r.mean_abs_prob_error:>10.2e} "
+            f"{r.max_abs_prob_error:>9.2e} {percent(r.top1_accuracy):>10s} {percent(r.top5_accuracy):>10s}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""Under real load over HTTP: the model deployment autoscales up and back down without failing
+requests, and overload past `max_queued_requests` is a quick 503 with a JSON error and Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.harness import deployment, free_port, processes_named, serve_run, sized_config
+
+pytestmark = pytest.mark.serve
+
+CLASSIFIER_PROCESS = "ServeReplica:classifier:Classifier"
+
+
+def model_replicas() -> int:
+    return len(processes_named(CLASSIFIER_PROCESS))
+
+
+def fast_autoscaling(config: dict) -> None:
+    """configs/cpu.yaml's autoscaling, with delays short enough for a test and 2 replicas on 2 cores."""
+    classifier = deployment(config, "Classifier")
+    classifier["autoscaling_config"].update(
+        min_replicas=1, max_replicas=2, initial_replicas=1, target_ongoing_requests=2,
+        upscale_delay_s=1, downscale_delay_s=4, metrics_interval_s=0.5, look_back_period_s=2,
+    )
+    classifier["ray_actor_options"]["num_cpus"] = 0.5
+    ingress = deployment(config, "Ingress")
+    ingress.pop("autoscaling_config", None)
+    ingress["num_replicas"] = 1
+
+
+async def post_photos(url: str, photos, concurrency: int, until, statuses: list[int]) -> None:
+    """Keep `concurrency` requests in flight until until() is true; record every status."""
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker(offset: int) -> None:
+            n = offset
+            while not until():
+                path = photos[n % len(photos)]
+                response = await client.post(url, files={"file": (path.name, path.read_bytes(), "image/jpeg")})
+                statuses.append(response.status_code)
+                n += concurrency
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+
+
+def test_model_deployment_scales_up_under_load_and_back_down(shared_images):
+    with serve_run(sized_config(free_port(), edit=fast_autoscaling)) as base_url:
+        url = f"{base_url}/v1/classify"
+        assert model_replicas() == 1
+
+        under_load: list[int] = []
+        seen_two_at = None
+
+        def scaled_up_a_while_ago() -> bool:
+            nonlocal seen_two_at
+            if seen_two_at is None and model_replicas() == 2:
+                seen_two_at = time.monotonic()
+            return (seen_two_at is not None and time.monotonic() - seen_two_at > 5) or len(under_load) > 4000
+
+        asyncio.run(post_photos(url, shared_images, 12, scaled_up_a_while_ago, under_load))
+        assert seen_two_at is not None, "sustained load never brought a second model replica"
+        assert set(under_load) == {200}, f"failures while scaling up: {sorted(set(under_load))}"
+
+        # Idle but for one request at a time: the extra replica goes, no request fails on the way.
+        trickle: list[int] = []
+        deadline = time.monotonic() + 90
+        asyncio.run(post_photos(url, shared_images, 1, lambda: model_replicas() == 1 or time.monotonic() > deadline, trickle))
+        assert model_replicas() == 1, "the model deployment did not scale back down when idle"
+        assert trickle and set(trickle) == {200}, f"failures while scaling down: {sorted(set(trickle))}"
+
+
+def small_queue(config: dict) -> None:
+    classifier = deployment(config, "Classifier")
+    classifier.pop("autoscaling_config", None)
+    classifier.update(num_replicas=1, max_ongoing_requests=4, max_queued_requests=4)
+    classifier["user_config"]["max_batch_size"] = 4
+    config["applications"][0]["args"]["ingress"]["retry_after_s"] = 2
+
+
+def test_overload_is_answered_with_503_and_the_service_recovers(shared_images):
+    with serve_run(sized_config(free_port(), edit=small_queue)) as base_url:
+        url = f"{base_url}/v1/classify"
+        expected = {p.name: httpx.post(url, files={"file": (p.name, p.read_bytes(), "image/jpeg")}).json()
+                    ["predictions"][0]["index"] for p in shared_images[:16]}
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
+                async def one(path):
+                    started = time.monotonic()
+                    response = await client.post(url, files={"file": (path.name, path.read_bytes(), "image/jpeg")})
+                    return path.name, response, time.monotonic() - started
+                return await asyncio.gather(*(one(shared_images[i % 16]) for i in range(96)))
+
+        answers = asyncio.run(burst())
+        statuses = [response.status_code for _, response, _ in answers]
+        assert set(statuses) == {200, 503}, f"expected some accepted and some shed: {sorted(set(statuses))}"
+        for name, response, seconds in answers:
+            if response.status_code == 503:
+                assert response.json()["error"]["code"] == "overloaded"
+                assert response.headers["retry-after"] == "2"
+                assert seconds < 10, "a rejection must be quick, not a timeout"
+            else:
+                assert response.json()["predictions"][0]["index"] == expected[name], "accepted answers stay right"
+
+        after = [httpx.post(url, files={"file": (p.name, p.read_bytes(), "image/jpeg")}, timeout=60) for p in shared_images[:8]]
+        assert [r.status_code for r in after] == [200] * 8, "the service must recover once the load stops"
