@@ -70,7 +70,7 @@ def plain_serve(weights: str) -> Iterator[str]:
             "runtime_env": {"env_vars": {"SERVE_APP_WEIGHTS": weights}},
         }],
     }
-    with serve_run(config, ready=post_ok("/")) as url:
+    with serve_run(config, ready=post_ok("/"), env={}) as url:  # Ray's defaults, as a user gets them
         yield url + "/"
 
 

@@ -101,11 +101,12 @@ async def run_load(
                 status = response.status_code
             except httpx.HTTPError as exc:
                 status = type(exc).__name__
+            latency = time.perf_counter() - started
             if status == 200:
-                result.latencies.append(time.perf_counter() - started)
+                result.latencies.append(latency)
             result.statuses[status] += 1
             if on_response:
-                on_response(status)
+                on_response(status, latency)
 
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
         started = time.perf_counter()
@@ -126,7 +127,7 @@ def sweep(url: str, levels: list[int], photos, *, seconds=None, requests=None, i
         with tqdm(total=total, desc=f"{label} c={level}".strip(), unit="req", leave=False) as bar:
             results.append(asyncio.run(run_load(
                 url, level, photos, seconds=seconds, requests=requests, images_per_request=images_per_request,
-                on_response=lambda _: bar.update(1),
+                on_response=lambda *_: bar.update(1),
             )))
         print(json.dumps({"target": label, **results[-1].summary()}), flush=True)
     return results

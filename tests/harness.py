@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterator
 import httpx
 import yaml
 
+from serve_app.__main__ import RAY_ENV  # what `python -m serve_app serve` sets; baselines pass env={}
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = REPO.parent / "shared" / "images"
 
@@ -61,20 +63,24 @@ def sized_config(
     return config
 
 
+
 def healthz_ok(base_url: str) -> bool:
     return httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200
 
 
 @contextmanager
 def serve_run(
-    config: dict[str, Any], startup_timeout_s: float = 240.0, ready: Callable[[str], bool] = healthz_ok
+    config: dict[str, Any],
+    startup_timeout_s: float = 240.0,
+    ready: Callable[[str], bool] = healthz_ok,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Start `serve run` on `config` in its own process group; yield the base URL once ready."""
     workdir = Path(tempfile.mkdtemp(prefix="serve-app-test-"))
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     serve_cli = Path(sys.executable).with_name("serve")
-    with running([str(serve_cli), "run", str(config_path)], workdir / "serve.log") as process:
+    with running([str(serve_cli), "run", str(config_path)], workdir / "serve.log", RAY_ENV if env is None else env) as process:
         wait_ready(f"http://127.0.0.1:{config['http_options']['port']}", process, startup_timeout_s, ready)
         yield f"http://127.0.0.1:{config['http_options']['port']}"
 
