@@ -20,14 +20,15 @@ from tests.harness import deployment
 
 # name -> (Classifier num_cpus, max_batch_size, batch_wait_timeout_s, max_ongoing_requests)
 VARIANTS = {
-    "chosen: 1.5 CPU, batch 8, wait 5 ms, 16 ongoing": (1.5, 8, 0.005, 16),
+    "chosen: batch 16, wait 0, 32 ongoing": (1.5, 16, 0.0, 32),
+    "batch 16, wait 5 ms, 32 ongoing": (1.5, 16, 0.005, 32),
+    "batch 8, wait 0, 16 ongoing": (1.5, 8, 0.0, 16),
+    "batch 8, wait 5 ms, 16 ongoing": (1.5, 8, 0.005, 16),
+    "batch 8, wait 50 ms, 16 ongoing": (1.5, 8, 0.05, 16),
+    "batch 8, 8 ongoing (nothing queues while a batch computes)": (1.5, 8, 0.0, 8),
+    "batch 4, wait 0, 8 ongoing": (1.5, 4, 0.0, 8),
     "no batching (batch 1)": (1.5, 1, 0.0, 16),
-    "batch 4": (1.5, 4, 0.005, 16),
-    "batch 16, 32 ongoing": (1.5, 16, 0.005, 32),
-    "batch 8, wait 0 (batches form from what queued during the last one)": (1.5, 8, 0.0, 16),
-    "batch 8, wait 50 ms": (1.5, 8, 0.05, 16),
-    "batch 8, 8 ongoing (no batch fills while one computes)": (1.5, 8, 0.005, 8),
-    "0.75 CPU (1 thread)": (0.75, 8, 0.005, 16),
+    "batch 16, wait 0, 0.75 CPU (1 thread)": (0.75, 16, 0.0, 32),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import Counter
 
 import numpy as np
 import ray
@@ -49,6 +50,7 @@ class Classifier:
             "load_seconds": round(time.perf_counter() - started, 3),
         }
         self._batch = _DEFAULT_BATCH
+        self._batch_sizes: Counter[int] = Counter()  # how full batches run, since start
 
     def reconfigure(self, user_config: dict) -> None:
         self._batch = BatchSettings.model_validate(user_config or {})
@@ -60,9 +62,11 @@ class Classifier:
         batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s,
     )
     async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        self._batch_sizes[len(images)] += 1
         batch = np.stack(images)
         logits = await asyncio.to_thread(self._backend.infer, batch)
         return list(softmax(logits))
 
     def info(self) -> dict:
-        return {**self._info, "batching": self._batch.model_dump()}
+        sizes = {str(size): count for size, count in sorted(self._batch_sizes.items())}
+        return {**self._info, "batching": {**self._batch.model_dump(), "batch_sizes": sizes}}

@@ -88,5 +88,5 @@ class AppSettings(_Strict):
 class BatchSettings(_Strict):
     """The model deployment's `user_config`: applied with the `@serve.batch` setters, live."""
 
-    max_batch_size: int = Field(8, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0)
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=1.0)

@@ -63,11 +63,28 @@ def test_64_concurrent_requests_answer_like_one_at_a_time(service, shared_images
                 )
             return await asyncio.gather(*(one(p) for p in paths))
 
+    batches_before = batch_sizes(service)
     concurrent = asyncio.run(all_at_once())
     assert [r.status_code for r in concurrent] == [200] * 64
+    new_batches = {size: n - batches_before.get(size, 0) for size, n in batch_sizes(service).items()}
+    assert max(size for size, n in new_batches.items() if n > 0) >= 4, f"batches did not fill: {new_batches}"
     for alone, together in zip(sequential, (r.json()["predictions"] for r in concurrent)):
         assert [p["index"] for p in alone] == [p["index"] for p in together]
         np.testing.assert_allclose([p["score"] for p in alone], [p["score"] for p in together], atol=1e-5)
+
+
+def batch_sizes(service) -> dict[int, int]:
+    sizes = httpx.get(f"{service}/healthz").json()["replica"]["batching"]["batch_sizes"]
+    return {int(size): count for size, count in sizes.items()}
+
+
+def test_a_lone_request_is_not_held_back_for_a_batch(service, shared_images):
+    before = batch_sizes(service)
+    with httpx.Client() as client:
+        for path in shared_images[:5]:
+            assert classify(service, path, client=client).status_code == 200
+    after = batch_sizes(service)
+    assert after.get(1, 0) - before.get(1, 0) == 5, "one request at a time must run as batches of one"
 
 
 def test_raw_image_body_and_predict_route(service, shared_images):
