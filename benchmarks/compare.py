@@ -4,8 +4,9 @@
     python -m benchmarks.compare --seconds 5 --concurrency 1,8
 
 Systems: `ours` (configs/cpu.yaml via `serve run`, sized for this machine by `sized_for_two_cores`),
-`plain-serve` (benchmarks/baselines/plain_serve.py) and `flask` (benchmarks/baselines/flask_app.py
-under gunicorn, one worker per core). Each is started, warmed up, swept over the concurrency levels
+`plain-serve` (benchmarks/baselines/plain_serve.py), `flask` (benchmarks/baselines/flask_app.py
+under gunicorn, one worker per core, torch's default threads) and `flask-tuned` (the same with one
+torch thread per worker). Each is started, warmed up, swept over the concurrency levels
 and stopped before the next starts. Also measures the in-process ceiling (the fastest backend
 decoding and classifying in one process, no HTTP). Writes benchmarks/results/serving.{md,json,png}.
 """
@@ -75,18 +76,26 @@ def plain_serve(weights: str) -> Iterator[str]:
 
 
 @contextmanager
-def flask(weights: str) -> Iterator[str]:
+def flask(weights: str, torch_threads: int | None = None) -> Iterator[str]:
     port = free_port()
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
     log = Path(tempfile.mkdtemp(prefix="flask-baseline-")) / "gunicorn.log"
     command = [gunicorn, "-w", str(os.cpu_count() or 1), "-b", f"127.0.0.1:{port}", "--timeout", "120",
                "benchmarks.baselines.flask_app:app"]
-    with running(command, log, env={"SERVE_APP_WEIGHTS": weights}) as process:
+    env = {"SERVE_APP_WEIGHTS": weights, **({"BASELINE_TORCH_THREADS": str(torch_threads)} if torch_threads else {})}
+    with running(command, log, env=env) as process:
         wait_ready(f"http://127.0.0.1:{port}", process, 240, post_ok("/predict"))
         yield f"http://127.0.0.1:{port}/predict"
 
 
-SYSTEMS = {"ours": ours, "plain-serve": plain_serve, "flask": flask}
+@contextmanager
+def flask_tuned(weights: str) -> Iterator[str]:
+    with flask(weights, torch_threads=1) as url:
+        yield url
+
+
+SYSTEMS = {"ours": ours, "plain-serve": plain_serve, "flask": flask, "flask-tuned": flask_tuned}
+BASELINES = ("plain-serve", "flask", "flask-tuned")
 
 
 def in_process_ceiling(weights: str, seconds: float) -> float:
@@ -128,20 +137,20 @@ def write_results(args, series: dict[str, list[LoadResult]], ceiling: float | No
     levels = [r.concurrency for r in series.get("ours", [])]
     for level in levels:
         row = [level, f"{at('ours', level).req_s:.1f}"]
-        for other in ("plain-serve", "flask"):
+        for other in BASELINES:
             if other in series:
                 base = at(other, level).req_s
                 row += [f"{base:.1f}", f"{at('ours', level).req_s / base:.2f}x" if base else "n/a"]
         rows.append(row)
     header = ["concurrency", "ours req/s"]
-    for other in ("plain-serve", "flask"):
+    for other in BASELINES:
         if other in series:
             header += [f"{other} req/s", f"ours / {other}"]
     sections += ["## Side by side", "", markdown_table(header, rows), ""]
 
     if "ours" in series and 32 in levels:
         ours32 = at("ours", 32)
-        for other, key in (("flask", "vs_flask"), ("plain-serve", "vs_plain")):
+        for other, key in (("flask", "vs_flask"), ("flask-tuned", "vs_flask"), ("plain-serve", "vs_plain")):
             if other in series and at(other, 32).req_s:
                 ratio = ours32.req_s / at(other, 32).req_s
                 checks.append((f"throughput at concurrency 32, ours / {other}", f"{ratio:.2f}x",

@@ -53,3 +53,9 @@ class OverloadedError(ServiceError):
     """The model deployment's queue is full: try again shortly (503 with Retry-After)."""
 
     code = "overloaded"
+
+
+class ModelUnavailableError(ServiceError):
+    """No model replica could answer, even after retries (503 with Retry-After)."""
+
+    code = "model_unavailable"

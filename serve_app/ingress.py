@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
@@ -29,6 +30,7 @@ from serve_app.errors import (
     ImageTooLargeError,
     InvalidParameterError,
     MalformedRequestError,
+    ModelUnavailableError,
     NoFileError,
     OverloadedError,
     ServiceError,
@@ -52,10 +54,12 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     ImageTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
     OverloadedError: 503,
+    ModelUnavailableError: 503,
 }
 
 STANDIN_NOTICE = "STAND-IN weights (seeded, not trained on ImageNet): the labels are meaningless."
 HEALTH_TIMEOUT_S = 10.0
+REPLICA_FAILURE_RETRIES = 4
 _RAW_BODY_TYPES = ("application/octet-stream",)
 
 
@@ -228,16 +232,29 @@ class Ingress:
             load_image, upload.data, max_pixels=self._settings.max_image_pixels, draft=self._settings.draft_decode
         )
         try:
-            return await self._classifier.classify.remote(image)
+            return await self._classify(image)
         except BackPressureError:
             raise OverloadedError(
                 "the service is at capacity (model queue full): retry after the Retry-After delay",
                 headers={"Retry-After": str(self._settings.retry_after_s)},
             ) from None
 
+    async def _classify(self, image: np.ndarray) -> np.ndarray:
+        """Classify on some model replica. A replica that dies mid-request (its node lost, its
+        process killed) is retried on another: classification has no side effects."""
+        for attempt in range(REPLICA_FAILURE_RETRIES):
+            try:
+                return await self._classifier.classify.remote(image)
+            except RayActorError:  # includes ActorDiedError and ActorUnavailableError
+                await asyncio.sleep(0.1 * 2**attempt)
+        raise ModelUnavailableError(
+            "no model replica could answer (replicas are being replaced): retry after the Retry-After delay",
+            headers={"Retry-After": str(self._settings.retry_after_s)},
+        )
+
     def _result_entry(self, upload: Upload, outcome: np.ndarray | BaseException, k: int) -> dict:
         entry: dict[str, Any] = {"filename": upload.filename}
-        if isinstance(outcome, OverloadedError):
+        if isinstance(outcome, (OverloadedError, ModelUnavailableError)):
             raise outcome  # the whole request is retried, not a part of it
         if isinstance(outcome, ServiceError):
             entry.update(outcome.as_json())

@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 WEIGHTS_ENV_VAR = "SERVE_APP_WEIGHTS"
+ARTIFACTS_ENV_VAR = "SERVE_APP_ARTIFACTS"
+MODEL_ENV_OVERRIDES = {WEIGHTS_ENV_VAR: "weights", ARTIFACTS_ENV_VAR: "artifacts_dir"}
 
 BackendName = Literal["auto", "torch", "torchscript", "onnx", "onnx-int8"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
@@ -76,11 +78,12 @@ class AppSettings(_Strict):
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "AppSettings":
-        """Validate a config's `args:`; $SERVE_APP_WEIGHTS overrides `model.weights`."""
+        """Validate a config's `args:`; the environment overrides (MODEL_ENV_OVERRIDES) apply last, so a
+        container image can say where its baked-in weights and artifacts are."""
         settings = cls.model_validate(args or {})
-        override = os.environ.get(WEIGHTS_ENV_VAR)
-        if override:
-            model = settings.model.model_copy(update={"weights": override})
+        overrides = {field: os.environ[var] for var, field in MODEL_ENV_OVERRIDES.items() if os.environ.get(var)}
+        if overrides:
+            model = ModelSettings.model_validate({**settings.model.model_dump(), **overrides})
             settings = settings.model_copy(update={"model": model})
         return settings
 

@@ -47,9 +47,11 @@ def test_unknown_or_out_of_range_settings_are_rejected():
         BatchSettings.model_validate({"max_batch_size": 0})
 
 
-def test_environment_overrides_the_weights_setting(monkeypatch):
+def test_environment_overrides_the_weights_and_artifacts_settings(monkeypatch):
     monkeypatch.setenv("SERVE_APP_WEIGHTS", "standin")
-    assert AppSettings.from_args({"model": {"weights": "torchvision"}}).model.weights == "standin"
+    monkeypatch.setenv("SERVE_APP_ARTIFACTS", "/opt/serve_app/artifacts")
+    model = AppSettings.from_args({"model": {"weights": "torchvision", "backend": "onnx-int8"}}).model
+    assert (model.weights, model.artifacts_dir, model.backend) == ("standin", "/opt/serve_app/artifacts", "onnx-int8")
 
 
 def test_builder_makes_an_ingress_over_a_classifier():

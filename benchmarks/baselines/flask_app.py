@@ -2,16 +2,20 @@
 
     SERVE_APP_WEIGHTS=standin gunicorn -w 2 -b 127.0.0.1:8001 benchmarks.baselines.flask_app:app
 
-One model per gunicorn worker, one torch thread per worker (workers = cores, so they don't fight
-over cores: the strongest simple setup, not a strawman).
+One model per gunicorn worker (workers = cores). As written, torch uses its default thread count
+in every worker; BASELINE_TORCH_THREADS=1 gives each worker one thread, so workers don't fight
+over cores (the tuned variant `flask-tuned` in benchmarks/compare.py).
 """
+
+import os
 
 import torch
 from flask import Flask, jsonify, request
 
 from benchmarks.baselines.common import image_tensor, load_eager_model, top3
 
-torch.set_num_threads(1)
+if os.environ.get("BASELINE_TORCH_THREADS"):
+    torch.set_num_threads(int(os.environ["BASELINE_TORCH_THREADS"]))
 model = load_eager_model()
 app = Flask(__name__)
 

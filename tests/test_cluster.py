@@ -1,0 +1,151 @@
+"""configs/cpu.yaml on a real three-node Ray cluster on 127.0.0.1, deployed with the `serve deploy`
+CLI: replicas spread over nodes, an in-place config update, and the loss of a worker node, all
+under steady HTTP load. Run alone with `pytest -m cluster`."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import pytest
+
+from serve_app.__main__ import RAY_ENV
+from tests.cluster import LocalCluster
+from tests.harness import SHARED_IMAGES, deployment, free_port, sized_config
+
+pytestmark = pytest.mark.cluster
+
+PHOTOS = sorted(SHARED_IMAGES.glob("*.JPEG"))[:20]
+
+
+def cluster_config(port: int, classifier_replicas: int, max_batch_size: int) -> dict:
+    def edit(config: dict) -> None:
+        config["proxy_location"] = "HeadOnly"  # one HTTP port per machine, and several nodes share this one
+        ingress, classifier = deployment(config, "Ingress"), deployment(config, "Classifier")
+        ingress.pop("autoscaling_config")
+        ingress["num_replicas"] = 1
+        ingress["ray_actor_options"]["resources"] = {"ingress": 0.1}  # beside the proxy, on the head
+        classifier.pop("autoscaling_config")
+        classifier["num_replicas"] = classifier_replicas
+        classifier["user_config"]["max_batch_size"] = max_batch_size
+
+    return sized_config(port, classifier_cpus=0.5, edit=edit)
+
+
+class SteadyLoad:
+    """`concurrency` clients posting photos in a background thread; every answer is kept with its time."""
+
+    def __init__(self, url: str, concurrency: int = 4):
+        self.url, self.concurrency = url, concurrency
+        self.answers: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            async def worker(offset: int) -> None:
+                n = offset
+                while not self._stop.is_set():
+                    path = PHOTOS[n % len(PHOTOS)]
+                    try:
+                        response = await client.post(self.url, files={"file": (path.name, path.read_bytes(), "image/jpeg")})
+                        status = response.status_code
+                    except httpx.HTTPError:
+                        status = 0
+                    self.answers.append((time.monotonic(), status))
+                    n += self.concurrency
+
+            await asyncio.gather(*(worker(i) for i in range(self.concurrency)))
+
+    def __enter__(self) -> "SteadyLoad":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+    def since(self, moment: float) -> list[int]:
+        return [status for at, status in self.answers if at >= moment]
+
+
+def wait_until(condition, timeout_s: float, what: str) -> float:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return time.monotonic()
+        except (httpx.HTTPError, RuntimeError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"not within {timeout_s}s: {what}")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Faster node-failure detection than Ray's default, so the test stays short.
+    cluster = LocalCluster({**RAY_ENV, "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"})
+    try:
+        cluster.start_head(num_cpus=1, resources={"ingress": 1})
+        cluster.add_worker("worker-a", num_cpus=1)
+        cluster.add_worker("worker-b", num_cpus=1)
+        cluster.port = free_port()
+        cluster.url = f"http://127.0.0.1:{cluster.port}"
+        cluster.serve_deploy(cluster_config(cluster.port, classifier_replicas=2, max_batch_size=16))
+        wait_until(lambda: httpx.get(f"{cluster.url}/healthz", timeout=5).status_code == 200, 300, "service healthy")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_deployed_service_answers_and_spreads_model_replicas_over_nodes(cluster):
+    with httpx.Client(timeout=60) as client:
+        statuses = [client.post(f"{cluster.url}/v1/classify", files={"file": (p.name, p.read_bytes(), "image/jpeg")}).status_code
+                    for p in PHOTOS]
+    assert statuses == [200] * len(PHOTOS)
+    nodes = cluster.replica_nodes("Classifier")
+    assert len(nodes) == 2 and len(set(nodes)) == 2, f"model replicas on {nodes}"
+    assert cluster.serve_status()["applications"]["classifier"]["status"] == "RUNNING"
+
+
+def test_in_place_update_rolls_out_without_failed_requests(cluster):
+    def batch_size_is_live() -> bool:
+        info = httpx.get(f"{cluster.url}/healthz", timeout=5).json()["replica"]
+        return info["batching"]["max_batch_size"] == 4
+
+    with SteadyLoad(f"{cluster.url}/v1/classify") as load:
+        time.sleep(2)
+        started = time.monotonic()
+        cluster.serve_deploy(cluster_config(cluster.port, classifier_replicas=3, max_batch_size=4))
+        wait_until(lambda: len(cluster.replica_nodes("Classifier")) == 3, 120, "a third model replica")
+        wait_until(batch_size_is_live, 60, "the new max_batch_size live")
+        time.sleep(3)
+    during = load.since(started)
+    print(f"in-place update: {len(during)} requests during the rollout, statuses {sorted(set(during))}")
+    assert len(during) > 20 and set(during) == {200}, f"statuses during the update: {sorted(set(during))}"
+
+
+def test_losing_a_worker_node_under_load(cluster):
+    victim = next(node for node in cluster.replica_nodes("Classifier") if node != "head")
+    with SteadyLoad(f"{cluster.url}/v1/classify") as load:
+        time.sleep(3)
+        killed_at = time.monotonic()
+        cluster.kill_node(victim)
+
+        def full_capacity() -> bool:
+            nodes = cluster.replica_nodes("Classifier")
+            return len(nodes) == 3 and victim not in nodes and \
+                cluster.serve_status()["applications"]["classifier"]["status"] == "RUNNING"
+
+        recovered_at = wait_until(full_capacity, 60, "three model replicas on the surviving nodes")
+        time.sleep(5)
+    during = load.since(killed_at)
+    failures = sum(status != 200 for status in during)
+    print(f"node {victim} killed: {failures} of {len(during)} requests failed, "
+          f"full capacity after {recovered_at - killed_at:.1f}s")
+    assert len(during) > 50
+    assert failures / len(during) < 0.01, f"{failures} of {len(during)} requests failed after the node loss"
+    assert recovered_at - killed_at <= 30, f"back to full capacity after {recovered_at - killed_at:.0f}s"
+    assert httpx.get(f"{cluster.url}/healthz", timeout=10).status_code == 200
