@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on 127.0.0.1: one `ray start` per node, each its own raylet.
 
 Every `ray`/`serve` command runs with RAY_AUTH_MODE=token (`ray start` clusters here use token
-authentication). Each node gets its own ports, so several fit on one machine. `stop()` ends every
+authentication) and a token generated for this cluster (RAY_AUTH_TOKEN_PATH). Each node gets its own ports, so several fit on one machine. `stop()` ends every
 Ray process on the machine (`ray stop --force`), so it is called even when a test fails.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -34,12 +35,15 @@ class Node:
 
 class LocalCluster:
     def __init__(self, extra_env: dict[str, str] | None = None):
-        self.env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SERVE_APP_WEIGHTS")}
-        self.env.update({"RAY_AUTH_MODE": "token", **(extra_env or {})})
+        self.workdir = Path(tempfile.mkdtemp(prefix="ray-cluster-test-"))
+        token = self.workdir / "auth_token"  # the cluster's own token: a clean machine has none
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        self.env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SERVE_APP_WEIGHTS", "RAY_AUTH_TOKEN")}
+        self.env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), **(extra_env or {})})
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.nodes: dict[str, Node] = {}
-        self.workdir = Path(tempfile.mkdtemp(prefix="ray-cluster-test-"))
 
     @property
     def dashboard(self) -> str:
