@@ -2,7 +2,8 @@
 
 `export_artifacts` (torch, run by `python -m serve_app export`) writes them; `artifact_path` (no
 torch) finds verified ones for a replica: the configured `artifacts_dir`, else a local cache keyed
-by the weights' and calibration photos' sha256, built once by a child process so the replica itself never imports torch.
+by the weights' and calibration photos' sha256, built once by a child process so the replica
+itself never imports torch.
 """
 
 from __future__ import annotations

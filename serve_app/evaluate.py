@@ -19,7 +19,7 @@ from serve_app.imaging import load_image
 from serve_app.labels import class_index_by_wnid
 from serve_app.predictions import softmax
 from serve_app.settings import ModelSettings
-from serve_app.weights import resolve_weights
+from serve_app.weights import WeightsSource, resolve_weights
 
 REFERENCE_BACKEND = "torch"
 BATCH = 16
@@ -49,8 +49,10 @@ def true_class(path: Path) -> int | None:
     return None
 
 
-def probabilities(settings: ModelSettings, backend: str, photos: np.ndarray, threads: int) -> np.ndarray:
-    source = resolve_weights(settings.weights, calibration_images=settings.calibration_images)
+def probabilities(
+    settings: ModelSettings, backend: str, photos: np.ndarray, threads: int, source: WeightsSource | None = None
+) -> np.ndarray:
+    source = source or resolve_weights(settings.weights, calibration_images=settings.calibration_images)
     chosen = ModelSettings.model_validate({**settings.model_dump(), "backend": backend})  # rejects unknown names
     runner = load_backend(chosen, source, threads)
     return softmax(np.concatenate([runner.infer(photos[i : i + BATCH]) for i in range(0, len(photos), BATCH)]))
@@ -64,14 +66,15 @@ def evaluate(settings: ModelSettings, folder: Path, backends: list[str], threads
     truth = [true_class(path) for path in files]
     labelled = np.array([t is not None for t in truth])
     truth_array = np.array([t if t is not None else -1 for t in truth])
+    accuracy = labelled.any()
 
-    reference = probabilities(settings, REFERENCE_BACKEND, photos, threads)
+    source = resolve_weights(settings.weights, calibration_images=settings.calibration_images)  # hashed once
+    reference = probabilities(settings, REFERENCE_BACKEND, photos, threads, source)
     reports = []
     for backend in [REFERENCE_BACKEND, *[b for b in backends if b != REFERENCE_BACKEND]]:
-        probs = reference if backend == REFERENCE_BACKEND else probabilities(settings, backend, photos, threads)
+        probs = reference if backend == REFERENCE_BACKEND else probabilities(settings, backend, photos, threads, source)
         error = np.abs(probs - reference)
         top5 = np.argsort(-probs, axis=1)[:, :5]
-        accuracy = labelled.any()
         reports.append(BackendReport(
             backend=backend,
             top1_agreement=float((probs.argmax(1) == reference.argmax(1)).mean()),

@@ -68,7 +68,7 @@ class IngressSettings(_Strict):
         True, description="Decode large JPEGs at reduced size (DCT scaling) before the reference resize."
     )
     retry_after_s: int = Field(
-        1, ge=0, le=3600, description="Retry-After seconds sent with 503 when the model queue is full."
+        1, ge=0, le=3600, description="Retry-After seconds sent with a 503 (model queue full, or no model replica answering)."
     )
 
 

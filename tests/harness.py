@@ -6,6 +6,7 @@ only the overrides a 2-core test machine needs (host, port, weights, CPU shares)
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -154,3 +156,55 @@ def stop(process: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     process.wait()
+
+
+class SteadyLoad:
+    """`concurrency` clients posting photos from a background thread until the block ends; every
+    answer is kept with the time it came back (status 0: no HTTP answer at all)."""
+
+    def __init__(self, url: str, photos: list[Path], concurrency: int = 4):
+        self.url, self.photos, self.concurrency = url, photos, concurrency
+        self.answers: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        limits = httpx.Limits(max_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            async def worker(offset: int) -> None:
+                n = offset
+                while not self._stop.is_set():
+                    path = self.photos[n % len(self.photos)]
+                    try:
+                        response = await client.post(self.url, files={"file": (path.name, path.read_bytes(), "image/jpeg")})
+                        status = response.status_code
+                    except httpx.HTTPError:
+                        status = 0
+                    self.answers.append((time.monotonic(), status))
+                    n += self.concurrency
+
+            await asyncio.gather(*(worker(i) for i in range(self.concurrency)))
+
+    def __enter__(self) -> "SteadyLoad":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+    def since(self, moment: float = 0.0) -> list[int]:
+        return [status for at, status in self.answers if at >= moment]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Poll `condition` every half second; the moment it held, or TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return time.monotonic()
+        except (httpx.HTTPError, RuntimeError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"not within {timeout_s}s: {what}")

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from serve_app.artifacts import ArtifactError, artifact_path
-from serve_app.backends import load_backend
+from serve_app.evaluate import probabilities as backend_probabilities
 from serve_app.imaging import load_image
-from serve_app.predictions import softmax
 from serve_app.settings import ModelSettings
 from serve_app.weights import resolve_weights
 
@@ -26,9 +25,8 @@ def photos(shared_images):
 
 
 def probabilities(backend_name, photos, artifacts):
-    settings = ModelSettings(weights="standin", backend=backend_name, device="cpu", artifacts_dir=str(artifacts))
-    backend = load_backend(settings, resolve_weights("standin"), threads=2)
-    return softmax(np.concatenate([backend.infer(photos[i : i + 16]) for i in range(0, len(photos), 16)]))
+    settings = ModelSettings(weights="standin", device="cpu", artifacts_dir=str(artifacts))
+    return backend_probabilities(settings, backend_name, photos, threads=2)
 
 
 @pytest.mark.parametrize("backend_name", ["torchscript", "onnx"])

@@ -4,8 +4,6 @@ under steady HTTP load. Run alone with `pytest -m cluster`."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 
 import httpx
@@ -13,7 +11,7 @@ import pytest
 
 from serve_app.__main__ import RAY_ENV
 from tests.cluster import LocalCluster
-from tests.harness import SHARED_IMAGES, deployment, free_port, sized_config
+from tests.harness import SHARED_IMAGES, SteadyLoad, deployment, free_port, sized_config, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -32,55 +30,6 @@ def cluster_config(port: int, classifier_replicas: int, max_batch_size: int) -> 
         classifier["user_config"]["max_batch_size"] = max_batch_size
 
     return sized_config(port, classifier_cpus=0.5, edit=edit)
-
-
-class SteadyLoad:
-    """`concurrency` clients posting photos in a background thread; every answer is kept with its time."""
-
-    def __init__(self, url: str, concurrency: int = 4):
-        self.url, self.concurrency = url, concurrency
-        self.answers: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=60) as client:
-            async def worker(offset: int) -> None:
-                n = offset
-                while not self._stop.is_set():
-                    path = PHOTOS[n % len(PHOTOS)]
-                    try:
-                        response = await client.post(self.url, files={"file": (path.name, path.read_bytes(), "image/jpeg")})
-                        status = response.status_code
-                    except httpx.HTTPError:
-                        status = 0
-                    self.answers.append((time.monotonic(), status))
-                    n += self.concurrency
-
-            await asyncio.gather(*(worker(i) for i in range(self.concurrency)))
-
-    def __enter__(self) -> "SteadyLoad":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=120)
-
-    def since(self, moment: float) -> list[int]:
-        return [status for at, status in self.answers if at >= moment]
-
-
-def wait_until(condition, timeout_s: float, what: str) -> float:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return time.monotonic()
-        except (httpx.HTTPError, RuntimeError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"not within {timeout_s}s: {what}")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +64,7 @@ def test_in_place_update_rolls_out_without_failed_requests(cluster):
         info = httpx.get(f"{cluster.url}/healthz", timeout=5).json()["replica"]
         return info["batching"]["max_batch_size"] == 4
 
-    with SteadyLoad(f"{cluster.url}/v1/classify") as load:
+    with SteadyLoad(f"{cluster.url}/v1/classify", PHOTOS) as load:
         time.sleep(2)
         started = time.monotonic()
         cluster.serve_deploy(cluster_config(cluster.port, classifier_replicas=3, max_batch_size=4))
@@ -129,7 +78,7 @@ def test_in_place_update_rolls_out_without_failed_requests(cluster):
 
 def test_losing_a_worker_node_under_load(cluster):
     victim = next(node for node in cluster.replica_nodes("Classifier") if node != "head")
-    with SteadyLoad(f"{cluster.url}/v1/classify") as load:
+    with SteadyLoad(f"{cluster.url}/v1/classify", PHOTOS) as load:
         time.sleep(3)
         killed_at = time.monotonic()
         cluster.kill_node(victim)

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.harness import deployment, free_port, processes_named, serve_run, sized_config
+from tests.harness import SteadyLoad, deployment, free_port, processes_named, serve_run, sized_config, wait_until
 
 pytestmark = pytest.mark.serve
 
@@ -33,44 +33,20 @@ def fast_autoscaling(config: dict) -> None:
     ingress["num_replicas"] = 1
 
 
-async def post_photos(url: str, photos, concurrency: int, until, statuses: list[int]) -> None:
-    """Keep `concurrency` requests in flight until until() is true; record every status."""
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
-        async def worker(offset: int) -> None:
-            n = offset
-            while not until():
-                path = photos[n % len(photos)]
-                response = await client.post(url, files={"file": (path.name, path.read_bytes(), "image/jpeg")})
-                statuses.append(response.status_code)
-                n += concurrency
-
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-
-
 def test_model_deployment_scales_up_under_load_and_back_down(shared_images):
     with serve_run(sized_config(free_port(), edit=fast_autoscaling)) as base_url:
         url = f"{base_url}/v1/classify"
         assert model_replicas() == 1
 
-        under_load: list[int] = []
-        seen_two_at = None
-
-        def scaled_up_a_while_ago() -> bool:
-            nonlocal seen_two_at
-            if seen_two_at is None and model_replicas() == 2:
-                seen_two_at = time.monotonic()
-            return (seen_two_at is not None and time.monotonic() - seen_two_at > 5) or len(under_load) > 4000
-
-        asyncio.run(post_photos(url, shared_images, 12, scaled_up_a_while_ago, under_load))
-        assert seen_two_at is not None, "sustained load never brought a second model replica"
-        assert set(under_load) == {200}, f"failures while scaling up: {sorted(set(under_load))}"
+        with SteadyLoad(url, shared_images, concurrency=12) as under_load:
+            wait_until(lambda: model_replicas() == 2, 120, "sustained load bringing a second model replica")
+            time.sleep(5)
+        assert set(under_load.since()) == {200}, f"failures while scaling up: {sorted(set(under_load.since()))}"
 
         # Idle but for one request at a time: the extra replica goes, no request fails on the way.
-        trickle: list[int] = []
-        deadline = time.monotonic() + 90
-        asyncio.run(post_photos(url, shared_images, 1, lambda: model_replicas() == 1 or time.monotonic() > deadline, trickle))
-        assert model_replicas() == 1, "the model deployment did not scale back down when idle"
-        assert trickle and set(trickle) == {200}, f"failures while scaling down: {sorted(set(trickle))}"
+        with SteadyLoad(url, shared_images, concurrency=1) as trickle:
+            wait_until(lambda: model_replicas() == 1, 90, "the model deployment scaling back down when idle")
+        assert trickle.since() and set(trickle.since()) == {200}, f"failures while scaling down: {sorted(set(trickle.since()))}"
 
 
 def small_queue(config: dict) -> None:
