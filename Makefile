@@ -1,13 +1,16 @@
 # make serve   - install if needed, then serve configs/cpu.yaml on http://127.0.0.1:8000
 # make test    - install if needed, then run the whole test suite
-# make install - create .venv and install the package with its test extras
+# make install - create .venv and install the package with its test extras, and Debian's Chromium
+#                (with a CJK font) for the page's browser tests
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/cpu.yaml
 STAMP := $(VENV)/.installed
+BROWSER_PACKAGES := chromium fonts-wqy-zenhei
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test
+.PHONY: install browser serve test
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,9 +18,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Playwright drives the system's Chromium: nothing is downloaded at test time.
+browser:
+	@dpkg -s $(BROWSER_PACKAGES) >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES); }
 
-serve: install
+install: $(STAMP) browser
+
+serve: $(STAMP)
 	$(PY) -m serve_app serve --config $(CONFIG)
 
 test: install

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,9 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from serve_app.errors import (
     CorruptImageError,
@@ -61,6 +63,14 @@ STANDIN_NOTICE = "STAND-IN weights (seeded, not trained on ImageNet): the labels
 HEALTH_TIMEOUT_S = 10.0
 REPLICA_FAILURE_RETRIES = 4
 _RAW_BODY_TYPES = ("application/octet-stream",)
+STATIC_DIR = Path(__file__).with_name("static")
+# The page loads only its own files and talks only to this service (it must work offline anyway).
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,8 @@ class Ingress:
             Route("/predict", self.predict, methods=["POST"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/v1/labels", self.labels, methods=["GET"]),
+            Route("/", self.page, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
         return Starlette(
             routes=routes,
@@ -222,6 +234,9 @@ class Ingress:
             )
         self._model_info = public_model_info(info)
         return JSONResponse({"status": "ok", "model": self._model_info, "replica": info})
+
+    async def page(self, request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
     async def labels(self, request: Request) -> Response:
         labels = [{"index": x.index, "label": x.label, "label_zh": x.label_zh} for x in self._labels]
