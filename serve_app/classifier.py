@@ -20,6 +20,7 @@ from ray import serve
 from serve_app.backends import load_backend
 from serve_app.predictions import softmax
 from serve_app.settings import BatchSettings, ModelSettings
+from serve_app.telemetry import ModelMetrics
 from serve_app.weights import resolve_weights
 
 _DEFAULT_BATCH = BatchSettings()
@@ -51,11 +52,19 @@ class Classifier:
         }
         self._batch = _DEFAULT_BATCH
         self._batch_sizes: Counter[int] = Counter()  # how full batches run, since start
+        self._metrics = ModelMetrics(self._backend.name)
+        self._decode_device = None
+        if settings.decode_on_replica:
+            import torch  # only replicas that decode need it (ONNX replicas otherwise never import torch)
+
+            self._decode_device = torch.device(self._backend.device)
+        self._info["decodes_jpeg"] = self._decode_device is not None
 
     def reconfigure(self, user_config: dict) -> None:
         self._batch = BatchSettings.model_validate(user_config or {})
-        self.classify.set_max_batch_size(self._batch.max_batch_size)
-        self.classify.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s)
+        for batched in (self.classify, self.classify_jpeg):
+            batched.set_max_batch_size(self._batch.max_batch_size)
+            batched.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s)
 
     @serve.batch(
         max_batch_size=_DEFAULT_BATCH.max_batch_size,
@@ -64,8 +73,31 @@ class Classifier:
     async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
         self._batch_sizes[len(images)] += 1
         batch = np.stack(images)
+        started = time.perf_counter()
         logits = await asyncio.to_thread(self._backend.infer, batch)
+        self._metrics.batch(len(images), time.perf_counter() - started)
         return list(softmax(logits))
+
+    @serve.batch(
+        max_batch_size=_DEFAULT_BATCH.max_batch_size,
+        batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s,
+    )
+    async def classify_jpeg(self, encoded: list[bytes]) -> list[np.ndarray | dict]:
+        """JPEG bytes the ingress only validated: decoded here, on the backend's device, as one batch.
+        Each answer is a probability vector, or an {"error": ...} for a JPEG that would not decode."""
+        from serve_app.device_imaging import decode_batch, in_batch_order
+
+        if self._decode_device is None:
+            raise RuntimeError("this model deployment does not decode (model.decode_on_replica is false)")
+        decoded = await asyncio.to_thread(decode_batch, encoded, self._decode_device)
+        probabilities = None
+        if decoded.images is not None:
+            self._batch_sizes[len(decoded.order)] += 1
+            started = time.perf_counter()
+            logits = await asyncio.to_thread(self._backend.infer, decoded.images)
+            self._metrics.batch(len(decoded.order), time.perf_counter() - started)
+            probabilities = softmax(logits)
+        return in_batch_order(decoded, probabilities, len(encoded))
 
     def info(self) -> dict:
         sizes = {str(size): count for size, count in sorted(self._batch_sizes.items())}

@@ -11,7 +11,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from serve_app.errors import (
     CorruptImageError,
@@ -51,8 +51,9 @@ def _looks_like_image(data: bytes) -> bool:
     return data.startswith(_IMAGE_SIGNATURES)
 
 
-def decode_image(data: bytes, *, max_pixels: int, draft: bool = True) -> Image.Image:
-    """Decode an upload into an upright RGB image, enforcing the pixel limit before decoding."""
+def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Read only the header: the format is one we read and width x height is within the limit.
+    Nothing is decoded yet, so this is cheap enough for an ingress that only validates."""
     if not data:
         raise EmptyImageError("the uploaded file is empty")
     try:
@@ -77,6 +78,23 @@ def decode_image(data: bytes, *, max_pixels: int, draft: bool = True) -> Image.I
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
+    return image
+
+
+def is_plain_jpeg(image: Image.Image) -> bool:
+    """A JPEG that needs nothing but decoding, resizing and cropping: RGB or grey, stored upright.
+    Only these go to a model replica undecoded (nvJPEG does not read CMYK, and applies no EXIF)."""
+    if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+        return False
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation, 1) == 1
+    except Exception:  # unreadable EXIF: let the CPU path decide what it is
+        return False
+
+
+def decode_image(data: bytes, *, max_pixels: int, draft: bool = True) -> Image.Image:
+    """Decode an upload into an upright RGB image, enforcing the pixel limit before decoding."""
+    image = open_image(data, max_pixels=max_pixels)
     if draft and image.format == "JPEG":
         # DCT-domain downscale by 2, 4 or 8 while both sides stay >= 3x the resize target, so
         # photos of 1536 px and up decode 2-4x faster and the reference's antialiased resize still

@@ -9,9 +9,10 @@ top-k and labels per request -> JSON. Every client error is a ServiceError, rend
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 
 import numpy as np
 from ray import serve
@@ -21,11 +22,13 @@ from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from serve_app.access import access_middleware
 from serve_app.errors import (
     CorruptImageError,
     EmptyImageError,
@@ -35,15 +38,20 @@ from serve_app.errors import (
     ModelUnavailableError,
     NoFileError,
     OverloadedError,
+    ProcessingTimeoutError,
+    RequestTimeoutError,
     ServiceError,
     TooManyImagesError,
+    UnauthorizedError,
     UnsupportedMediaTypeError,
     UploadTooLargeError,
+    error_from_json,
 )
-from serve_app.imaging import load_image
+from serve_app.imaging import is_plain_jpeg, load_image, open_image
 from serve_app.labels import imagenet_labels
 from serve_app.predictions import top_k
-from serve_app.settings import IngressSettings
+from serve_app.settings import AuthSettings, IngressSettings
+from serve_app.telemetry import IngressMetrics, RequestTelemetry
 
 HTTP_STATUS: dict[type[ServiceError], int] = {
     NoFileError: 400,
@@ -52,11 +60,14 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     InvalidParameterError: 400,
     MalformedRequestError: 400,
     TooManyImagesError: 400,
+    UnauthorizedError: 401,
+    RequestTimeoutError: 408,
     UploadTooLargeError: 413,
     ImageTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
     OverloadedError: 503,
     ModelUnavailableError: 503,
+    ProcessingTimeoutError: 504,
 }
 
 STANDIN_NOTICE = "STAND-IN weights (seeded, not trained on ImageNet): the labels are meaningless."
@@ -73,6 +84,9 @@ PAGE_HEADERS = {
 }
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
 class Upload:
     filename: str | None
@@ -81,6 +95,14 @@ class Upload:
 
 def error_response(error: ServiceError) -> JSONResponse:
     return JSONResponse(error.as_json(), status_code=HTTP_STATUS.get(type(error), 400), headers=error.headers)
+
+
+async def within(deadline: float, work: Awaitable[T], error: ServiceError) -> T:
+    """`work`, or `error` once the monotonic clock passes `deadline` (the work is cancelled)."""
+    try:
+        return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        raise error from None
 
 
 def parse_top_k(raw: str | None, default: int) -> int:
@@ -168,10 +190,6 @@ def public_model_info(info: dict[str, Any]) -> dict[str, Any]:
     return public
 
 
-async def render_service_error(_: Request, error: ServiceError) -> Response:
-    return error_response(error)
-
-
 async def render_http_error(_: Request, error: HTTPException) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
     return JSONResponse({"error": {"code": code, "message": error.detail}}, status_code=error.status_code)
@@ -180,11 +198,14 @@ async def render_http_error(_: Request, error: HTTPException) -> Response:
 @serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
-    def __init__(self, classifier: DeploymentHandle, settings: IngressSettings):
+    def __init__(self, classifier: DeploymentHandle, settings: IngressSettings, auth: AuthSettings = AuthSettings()):
         self._classifier = classifier
         self._settings = settings
+        self._auth = auth
         self._labels = imagenet_labels()
         self._model_info: dict[str, Any] | None = None
+        self._decodes_jpeg: bool | None = None  # whether model replicas take JPEG bytes (decode_on_replica)
+        self._metrics = IngressMetrics()
 
     def __serve_build_asgi_app__(self) -> Starlette:
         routes = [
@@ -195,20 +216,31 @@ class Ingress:
             Route("/", self.page, methods=["GET"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
+        middleware = [
+            Middleware(RequestTelemetry, metrics=self._metrics),
+            *access_middleware(self._settings, self._auth),
+        ]
         return Starlette(
             routes=routes,
-            exception_handlers={ServiceError: render_service_error, HTTPException: render_http_error},
+            middleware=middleware,
+            exception_handlers={ServiceError: self.render_service_error, HTTPException: render_http_error},
         )
+
+    async def render_service_error(self, request: Request, error: ServiceError) -> Response:
+        self._metrics.rejected(error.code)
+        request.state.error_code = error.code  # for the request's log line
+        return error_response(error)
 
     async def classify(self, request: Request) -> Response:
         k = parse_top_k(request.query_params.get("top_k"), self._settings.default_top_k)
-        uploads = await read_uploads(request, self._settings)
+        deadline = time.monotonic() + self._settings.request_timeout_s
+        uploads = await self._read_uploads(request, deadline)
         if len(uploads) == 1:
-            probabilities = await self._probabilities(uploads[0])
+            probabilities = await self._within_deadline(self._probabilities(uploads[0]), deadline)
             body = {"predictions": top_k(probabilities, k, self._labels)}
         else:
-            outcomes = await asyncio.gather(
-                *(self._probabilities(u) for u in uploads), return_exceptions=True
+            outcomes = await self._within_deadline(
+                asyncio.gather(*(self._probabilities(u) for u in uploads), return_exceptions=True), deadline
             )
             body = {"results": [self._result_entry(u, o, k) for u, o in zip(uploads, outcomes)]}
         body["model"] = await self._public_model_info()
@@ -216,10 +248,11 @@ class Ingress:
 
     async def predict(self, request: Request) -> Response:
         """The original design's route: one `file`, top-3 as [{"label", "score"}]."""
-        uploads = await read_uploads(request, self._settings)
+        deadline = time.monotonic() + self._settings.request_timeout_s
+        uploads = await self._read_uploads(request, deadline)
         if len(uploads) != 1:
             raise TooManyImagesError("/predict takes exactly one `file`; use /v1/classify for several")
-        probabilities = await self._probabilities(uploads[0])
+        probabilities = await self._within_deadline(self._probabilities(uploads[0]), deadline)
         return JSONResponse(
             [{"label": p["label"], "score": p["score"]} for p in top_k(probabilities, 3, self._labels)]
         )
@@ -232,7 +265,7 @@ class Ingress:
                 {"status": "unavailable", "reason": f"model deployment not answering: {type(exc).__name__}"},
                 status_code=503,
             )
-        self._model_info = public_model_info(info)
+        self._remember_model(info)
         return JSONResponse({"status": "ok", "model": self._model_info, "replica": info})
 
     async def page(self, request: Request) -> Response:
@@ -242,24 +275,51 @@ class Ingress:
         labels = [{"index": x.index, "label": x.label, "label_zh": x.label_zh} for x in self._labels]
         return JSONResponse({"count": len(labels), "labels": labels})
 
+    async def _read_uploads(self, request: Request, deadline: float) -> list[Upload]:
+        timeout = self._settings.request_timeout_s
+        error = RequestTimeoutError(f"the upload did not arrive within the request timeout of {timeout:g} s")
+        return await within(deadline, read_uploads(request, self._settings), error)
+
+    async def _within_deadline(self, work: Awaitable[T], deadline: float) -> T:
+        timeout = self._settings.request_timeout_s
+        error = ProcessingTimeoutError(
+            f"the model did not answer within the request timeout of {timeout:g} s: retry later",
+            headers={"Retry-After": str(self._settings.retry_after_s)},
+        )
+        return await within(deadline, work, error)
+
     async def _probabilities(self, upload: Upload) -> np.ndarray:
+        """Decode here and send pixels, or, where the model replicas decode JPEGs themselves (on their
+        GPU), check the header here and send a plain JPEG's bytes."""
+        started = time.perf_counter()
+        if await self._replicas_decode_jpeg():
+            header = await asyncio.to_thread(open_image, upload.data, max_pixels=self._settings.max_image_pixels)
+            if is_plain_jpeg(header):
+                return await self._on_model_replica("classify_jpeg", upload.data)
         image = await asyncio.to_thread(
             load_image, upload.data, max_pixels=self._settings.max_image_pixels, draft=self._settings.draft_decode
         )
+        self._metrics.decode_seconds.observe(time.perf_counter() - started)
+        return await self._on_model_replica("classify", image)
+
+    async def _on_model_replica(self, method: str, payload: np.ndarray | bytes) -> np.ndarray:
         try:
-            return await self._classify(image)
+            answer = await self._classify(method, payload)
         except BackPressureError:
             raise OverloadedError(
                 "the service is at capacity (model queue full): retry after the Retry-After delay",
                 headers={"Retry-After": str(self._settings.retry_after_s)},
             ) from None
+        if isinstance(answer, dict):  # a JPEG the replica could not decode
+            raise error_from_json(answer)
+        return answer
 
-    async def _classify(self, image: np.ndarray) -> np.ndarray:
+    async def _classify(self, method: str, payload: np.ndarray | bytes) -> np.ndarray | dict:
         """Classify on some model replica. A replica that dies mid-request (its node lost, its
         process killed) is retried on another: classification has no side effects."""
         for attempt in range(REPLICA_FAILURE_RETRIES):
             try:
-                return await self._classifier.classify.remote(image)
+                return await getattr(self._classifier, method).remote(payload)
             except RayActorError:  # includes ActorDiedError and ActorUnavailableError
                 await asyncio.sleep(0.1 * 2**attempt)
         raise ModelUnavailableError(
@@ -272,6 +332,7 @@ class Ingress:
         if isinstance(outcome, (OverloadedError, ModelUnavailableError)):
             raise outcome  # the whole request is retried, not a part of it
         if isinstance(outcome, ServiceError):
+            self._metrics.rejected(outcome.code)
             entry.update(outcome.as_json())
         elif isinstance(outcome, BaseException):
             raise outcome
@@ -281,5 +342,17 @@ class Ingress:
 
     async def _public_model_info(self) -> dict[str, Any]:
         if self._model_info is None:
-            self._model_info = public_model_info(await self._classifier.info.remote())
+            await self._load_model_info()
         return self._model_info
+
+    async def _replicas_decode_jpeg(self) -> bool:
+        if self._decodes_jpeg is None:
+            await self._load_model_info()
+        return self._decodes_jpeg
+
+    async def _load_model_info(self) -> None:
+        self._remember_model(await self._classifier.info.remote())
+
+    def _remember_model(self, info: dict[str, Any]) -> None:
+        self._model_info = public_model_info(info)
+        self._decodes_jpeg = bool(info.get("decodes_jpeg"))

@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 WEIGHTS_ENV_VAR = "SERVE_APP_WEIGHTS"
 ARTIFACTS_ENV_VAR = "SERVE_APP_ARTIFACTS"
 MODEL_ENV_OVERRIDES = {WEIGHTS_ENV_VAR: "weights", ARTIFACTS_ENV_VAR: "artifacts_dir"}
+API_KEYS_ENV_VAR = "SERVE_APP_API_KEYS"
 
-BackendName = Literal["auto", "torch", "torchscript", "onnx", "onnx-int8"]
+BackendName = Literal["auto", "torch", "torchscript", "onnx", "onnx-int8", "cuda-graphs"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+PrecisionName = Literal["fp16", "bf16", "fp32"]
 
 
 class _Strict(BaseModel):
@@ -34,7 +36,10 @@ class ModelSettings(_Strict):
     )
     backend: BackendName = Field(
         "torch",
-        description="'torch', 'torchscript', 'onnx', 'onnx-int8', or 'auto' (onnx-int8 on CPU, torch on a GPU).",
+        description=(
+            "'torch', 'torchscript', 'onnx', 'onnx-int8', 'cuda-graphs' (GPU only: half precision, channels-last, "
+            "CUDA Graphs per batch size), or 'auto' (onnx-int8 on CPU, cuda-graphs on a GPU)."
+        ),
     )
     device: DeviceName = Field("auto", description="'auto' picks CUDA, then MPS, then CPU.")
     calibration_images: str | None = Field(
@@ -55,6 +60,23 @@ class ModelSettings(_Strict):
     onnx_spinning: bool = Field(
         False, description="Let ONNX Runtime's idle threads spin (only pays when the replica owns its cores)."
     )
+    precision: PrecisionName = Field("fp16", description="Arithmetic of the cuda-graphs backend.")
+    graph_batch_sizes: list[int] = Field(
+        [1, 2, 4, 8, 16, 32, 64, 128, 256],
+        min_length=1,
+        description=(
+            "Batch sizes the cuda-graphs backend captures before the replica reports ready; a partial batch "
+            "is padded up to the nearest, a larger one is split."
+        ),
+    )
+    decode_on_replica: bool = Field(
+        False,
+        description=(
+            "Send plain JPEGs (RGB or grey, no EXIF rotation) to the model replica undecoded, to be decoded, "
+            "resized and cropped there in batches: with nvJPEG on a GPU. The ingress then only validates "
+            "headers; other images, and any nvJPEG refuses, take the CPU path."
+        ),
+    )
 
 
 class IngressSettings(_Strict):
@@ -70,21 +92,50 @@ class IngressSettings(_Strict):
     retry_after_s: int = Field(
         1, ge=0, le=3600, description="Retry-After seconds sent with a 503 (model queue full, or no model replica answering)."
     )
+    request_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        le=3600,
+        description=(
+            "A request must be answered within this: an upload still arriving after it gets 408, a request "
+            "still waiting for the model gets 504. Keep it under http_options.request_timeout_s (Serve's own, "
+            "which answers without the JSON error shape)."
+        ),
+    )
+    cors_allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins whose pages may call the API from a browser (CORS); none by default. '*' allows any.",
+    )
+
+
+class AuthSettings(_Strict):
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description=(
+            "When not empty, every route but /healthz and the page's files needs `Authorization: Bearer <key>`. "
+            f"${API_KEYS_ENV_VAR} (comma-separated) replaces this list, so keys can stay out of the config file."
+        ),
+    )
 
 
 class AppSettings(_Strict):
     model: ModelSettings = ModelSettings()
     ingress: IngressSettings = IngressSettings()
+    auth: AuthSettings = AuthSettings()
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "AppSettings":
         """Validate a config's `args:`; the environment overrides (MODEL_ENV_OVERRIDES) apply last, so a
-        container image can say where its baked-in weights and artifacts are."""
+        container image can say where its baked-in weights and artifacts are, and a secret store can
+        hand over the API keys ($SERVE_APP_API_KEYS)."""
         settings = cls.model_validate(args or {})
         overrides = {field: os.environ[var] for var, field in MODEL_ENV_OVERRIDES.items() if os.environ.get(var)}
         if overrides:
             model = ModelSettings.model_validate({**settings.model.model_dump(), **overrides})
             settings = settings.model_copy(update={"model": model})
+        if os.environ.get(API_KEYS_ENV_VAR):
+            keys = [key.strip() for key in os.environ[API_KEYS_ENV_VAR].split(",") if key.strip()]
+            settings = settings.model_copy(update={"auth": AuthSettings(api_keys=keys)})
         return settings
 
 

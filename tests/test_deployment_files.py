@@ -85,8 +85,10 @@ def test_cluster_shape(flavor):
     assert cluster["enableInTreeAutoscaling"] is True
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "the head runs no replicas"
     for template in pod_templates(manifest(flavor)):
-        env = {e["name"]: e["value"] for e in template["spec"]["containers"][0]["env"]}
-        assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"]["value"] == "1"
+        keys = env["SERVE_APP_API_KEYS"]["valueFrom"]["secretKeyRef"]
+        assert keys == {"name": "serve-app-api-keys", "key": "keys", "optional": True}, "API keys come from a Secret"
     if flavor == "gpu":
         worker = cluster["workerGroupSpecs"][0]["template"]["spec"]
         assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"

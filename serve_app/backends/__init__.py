@@ -1,7 +1,7 @@
 """Inference backends behind one small interface, chosen by name from a registry.
 
-A backend takes the batch exactly as it travels between deployments (uint8, N x 224 x 224 x 3)
-and returns float32 logits (N x 1000). Backend modules are imported only when chosen, so a
+A backend takes the batch exactly as it travels between deployments (uint8, N x 224 x 224 x 3; a
+tensor already on the device when the replica decoded it there) and returns float32 logits (N x 1000). Backend modules are imported only when chosen, so a
 process that never runs torch never imports it.
 """
 
@@ -28,10 +28,11 @@ _REGISTRY = {
     "torchscript": "serve_app.backends.torchscript:TorchScriptBackend",
     "onnx": "serve_app.backends.onnx_runtime:OnnxRuntimeBackend",
     "onnx-int8": "serve_app.backends.onnx_runtime:OnnxRuntimeInt8Backend",
+    "cuda-graphs": "serve_app.backends.cuda_graphs:CudaGraphsBackend",
 }
-# Fastest on CPU in our measurements so far; GPUs keep torch until a faster GPU path exists.
+# Fastest on CPU in benchmarks/results/backends.md; on a GPU, half precision with CUDA Graphs.
 AUTO_CPU_BACKEND = "onnx-int8"
-AUTO_GPU_BACKEND = "torch"
+AUTO_GPU_BACKEND = "cuda-graphs"
 
 
 def has_gpu(device: str) -> bool:

@@ -28,7 +28,7 @@ class OnnxRuntimeBackend:
         self.device = "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
     def infer(self, images: np.ndarray) -> np.ndarray:
-        return self._session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+        return self._session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(images)})[0]
 
 
 class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):

@@ -20,7 +20,7 @@ class TorchEagerBackend:
         self._device = device
         self._network = build_network(source, settings).to(device)
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
+    def infer(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            batch = torch.from_numpy(images).to(self._device)
+            batch = torch.as_tensor(images).to(self._device)
             return self._network(batch).float().cpu().numpy()

@@ -20,6 +20,6 @@ class TorchScriptBackend:
         self.device = self._device.type
         self._module = torch.jit.load(str(artifact_path(settings, source, self.name)), map_location=self._device)
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
+    def infer(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            return self._module(torch.from_numpy(images).to(self._device)).float().cpu().numpy()
+            return self._module(torch.as_tensor(images).to(self._device)).float().cpu().numpy()

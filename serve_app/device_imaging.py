@@ -1,0 +1,77 @@
+"""Decoding on the model replica: a batch of JPEG bytes -> uint8 N x 224 x 224 x 3 on the replica's device.
+
+With `decode_on_replica`, the ingress checks headers only and sends plain JPEGs as bytes. Here they
+are decoded together (torchvision's decode_jpeg: nvJPEG on a CUDA device, libjpeg on the CPU), then
+resized and center-cropped with torchvision's reference geometry (imaging.py) on the same device.
+A JPEG the device decoder refuses takes the CPU path of imaging.py; one that fails there too gets
+its error back, in its place, without failing the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as F
+
+from serve_app.errors import ServiceError
+from serve_app.imaging import CROP_SIZE, RESIZE_SIZE, load_image
+
+
+@dataclass
+class DecodedBatch:
+    images: torch.Tensor | None  # uint8 (M, 224, 224, 3) on the device, for the M that decoded
+    order: list[int]  # batch index of each row of `images`
+    errors: dict[int, dict]  # batch index -> {"error": {"code", "message"}} for the ones that did not
+
+
+def preprocess_tensor(image: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) -> uint8 (224, 224, 3): shorter side to 256 (bilinear, antialiased), center crop 224."""
+    resized = F.resize(image, [RESIZE_SIZE], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+    return F.center_crop(resized, [CROP_SIZE, CROP_SIZE]).permute(1, 2, 0)
+
+
+def decode_on_device(encoded: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
+    """Each JPEG as uint8 (3, H, W) on `device`, or None where the device decoder refused it."""
+    tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded]
+    try:
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        pass  # one bad image fails the batched call: find which, one at a time
+    decoded: list[torch.Tensor | None] = []
+    for tensor in tensors:
+        try:
+            decoded.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            decoded.append(None)
+    return decoded
+
+
+def decode_batch(encoded: list[bytes], device: torch.device) -> DecodedBatch:
+    """The ingress already checked each header (format, pixel count), so no limit is applied again."""
+    rows, order, errors = [], [], {}
+    for index, (data, image) in enumerate(zip(encoded, decode_on_device(encoded, device))):
+        try:
+            if image is None:  # the CPU path, as the ingress would have done it
+                row = torch.from_numpy(load_image(data, max_pixels=sys.maxsize, draft=False)).to(device)
+            else:
+                row = preprocess_tensor(image)
+        except ServiceError as error:
+            errors[index] = error.as_json()
+            continue
+        rows.append(row)
+        order.append(index)
+    return DecodedBatch(torch.stack(rows) if rows else None, order, errors)
+
+
+def in_batch_order(batch: DecodedBatch, probabilities: np.ndarray | None, size: int) -> list:
+    """Per request, in order: its probabilities, or its error."""
+    results: list = [None] * size
+    for row, index in enumerate(batch.order):
+        results[index] = probabilities[row]
+    for index, error in batch.errors.items():
+        results[index] = error
+    return results

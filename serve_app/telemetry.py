@@ -1,0 +1,109 @@
+"""What the service tells its operators: metrics through Ray Serve's metrics API (exported on Ray's
+Prometheus endpoint, names prefixed `ray_`) and one structured log line per request.
+
+Ray Serve's proxy gives every request an id (the client's own X-Request-ID when it sends one) and
+returns it in the X-Request-ID header; the log line carries the same id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve_app.access import route_path
+
+# Serve's own logger: its handlers write to the replica's log file, as JSON when the config's
+# logging_config says `encoding: JSON`, and they add the request id, route and replica.
+request_log = logging.getLogger("ray.serve")
+
+ROUTES = ("/v1/classify", "/predict", "/healthz", "/v1/labels", "/")
+SECONDS_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
+BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+
+
+def route_label(path: str) -> str:
+    """A bounded set of route names, so scanners probing random paths can't grow the metrics."""
+    if path in ROUTES:
+        return path
+    return "/static" if path.startswith("/static/") else "other"
+
+
+def request_id_of(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            return value.decode("latin-1")
+    return None
+
+
+class IngressMetrics:
+    def __init__(self):
+        from ray.serve import metrics
+
+        self.requests = metrics.Counter(
+            "serve_app_requests", description="HTTP requests answered, by route and status.", tag_keys=("route", "status")
+        )
+        self.rejected_uploads = metrics.Counter(
+            "serve_app_rejected_uploads", description="Uploads refused, by reason (the error code).", tag_keys=("reason",)
+        )
+        self.decode_seconds = metrics.Histogram(
+            "serve_app_decode_seconds", description="Decode + preprocess time per image.", boundaries=SECONDS_BUCKETS
+        )
+
+    def rejected(self, reason: str) -> None:
+        self.rejected_uploads.inc(tags={"reason": reason})
+
+
+class ModelMetrics:
+    def __init__(self, backend: str):
+        from ray.serve import metrics
+
+        self.batch_size = metrics.Histogram(
+            "serve_app_batch_size", description="Images per model batch.", boundaries=BATCH_SIZE_BUCKETS
+        )
+        self.inference_seconds = metrics.Histogram(
+            "serve_app_inference_seconds", description="Model time per batch.", boundaries=SECONDS_BUCKETS,
+            tag_keys=("backend",),
+        )
+        self.inference_seconds.set_default_tags({"backend": backend})
+
+    def batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_seconds.observe(seconds)
+
+
+class RequestTelemetry:
+    """ASGI middleware: counts every answer by route and status and logs it with its request id."""
+
+    def __init__(self, app: ASGIApp, metrics: IngressMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app fails before answering
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = route_label(route_path(scope))
+            self.metrics.requests.inc(tags={"route": route, "status": str(status)})
+            fields = {
+                "request_id": request_id_of(scope),
+                "method": scope["method"],
+                "route": route,
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                "error": scope.get("state", {}).get("error_code"),
+            }
+            request_log.info("%s %s %s", scope["method"], route, status, extra={"serve_app": fields})

@@ -1,0 +1,214 @@
+"""The GPU path: the cuda-graphs backend, decoding on the model replica, and configs/gpu.yaml.
+
+Everything here imports on a CPU-only machine. The logic that does not need a GPU (padding batches
+to captured sizes, the replica-side decode pipeline on the CPU device, its fallbacks, the config)
+is tested everywhere; what needs CUDA is marked `gpu` and skipped, with the reason, without one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from serve_app.backends.cuda_graphs import CudaGraphsBackend, PaddedRunner
+from serve_app.device_imaging import decode_batch, in_batch_order
+from serve_app.imaging import is_plain_jpeg, load_image, open_image
+from serve_app.settings import AppSettings, BatchSettings, ModelSettings
+from serve_app.weights import resolve_weights
+from tests.harness import deployment, load_config
+from tests.images import encode, exif_rotated_jpeg
+
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU on this machine: GPU-only path not exercised")
+
+
+@pytest.fixture(scope="module")
+def standin_network():
+    from serve_app.network import build_network
+
+    settings = ModelSettings(weights="standin")
+    return build_network(resolve_weights("standin"), settings)
+
+
+@pytest.fixture(scope="module")
+def photos(shared_images):
+    return shared_images[::5]  # 20 photos
+
+
+# ---- configs/gpu.yaml ------------------------------------------------------------------------
+
+
+def test_gpu_config_sizes_replicas_batches_graphs_and_decoding():
+    config = load_config("gpu.yaml")
+    settings = AppSettings.from_args(config["applications"][0]["args"])
+    classifier, ingress = deployment(config, "Classifier"), deployment(config, "Ingress")
+    batch = BatchSettings.model_validate(classifier["user_config"])
+    assert settings.model.backend == "cuda-graphs" and settings.model.precision in ("fp16", "bf16")
+    assert settings.model.decode_on_replica is True
+    assert batch.max_batch_size >= 64
+    assert max(settings.model.graph_batch_sizes) >= batch.max_batch_size, "a full batch must fit a captured graph"
+    assert 0 < classifier["ray_actor_options"]["num_gpus"] <= 1
+    assert classifier["max_ongoing_requests"] >= 2 * batch.max_batch_size
+    assert ingress["ray_actor_options"]["num_cpus"] >= 1 and ingress["autoscaling_config"]["min_replicas"] >= 2
+
+
+def test_cuda_graphs_backend_refuses_clearly_without_a_gpu():
+    if HAS_CUDA:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        CudaGraphsBackend(ModelSettings(weights="standin", backend="cuda-graphs"), resolve_weights("standin"), 1)
+
+
+# ---- padding to captured batch sizes (device independent) ------------------------------------
+
+
+def test_partial_batches_are_padded_to_the_nearest_size_and_results_stay_in_order(standin_network, photos):
+    images = torch.from_numpy(np.stack([load_image(p.read_bytes(), max_pixels=10**8) for p in photos]))
+    calls = []
+
+    def runner_for(size):
+        def run(batch):
+            assert batch.shape[0] == size
+            calls.append(size)
+            with torch.inference_mode():
+                return standin_network(batch)
+        return run
+
+    runner = PaddedRunner({size: runner_for(size) for size in (1, 2, 4, 8)})
+    with torch.inference_mode():
+        expected = standin_network(images)
+    for count in (1, 3, 5, 8, 11, 20):
+        calls.clear()
+        out = runner(images[:count])
+        assert out.shape == (count, 1000)
+        torch.testing.assert_close(out, expected[:count], atol=1e-4, rtol=1e-4)
+        if count <= 8:
+            assert calls == [runner.size_for(count)] and runner.size_for(count) >= count
+        else:
+            assert calls[:-1] == [8] * (count // 8), "batches over the largest size are split"
+    assert [runner.size_for(n) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, 8]
+
+
+# ---- decoding on the model replica: pipeline on the CPU device ---------------------------------
+
+
+def test_replica_decoding_matches_the_ingress_path(photos, standin_network):
+    encoded = [p.read_bytes() for p in photos]
+    decoded = decode_batch(encoded, torch.device("cpu"))
+    assert decoded.order == list(range(len(photos))) and not decoded.errors
+    reference = np.stack([load_image(data, max_pixels=10**8, draft=False) for data in encoded])
+    difference = np.abs(decoded.images.numpy().astype(int) - reference.astype(int))
+    assert difference.mean() < 1.5, "tensor resize and Pillow's resize agree to about a grey level"
+    with torch.inference_mode():
+        top_device = standin_network(decoded.images).argmax(1).numpy()
+        top_ingress = standin_network(torch.from_numpy(reference)).argmax(1).numpy()
+    assert (top_device == top_ingress).mean() >= 0.95
+
+
+def test_a_bad_jpeg_fails_alone_and_a_refused_one_falls_back_to_the_cpu(photos):
+    from PIL import Image
+
+    good = photos[0].read_bytes()
+    cmyk = encode(Image.open(photos[1]).convert("CMYK"), "JPEG")  # libjpeg/nvJPEG RGB decode can't take all of these
+    truncated = good[: len(good) // 3]
+    garbage = b"\xff\xd8\xff" + b"\x00" * 200
+    decoded = decode_batch([good, garbage, cmyk, truncated, good], torch.device("cpu"))
+    assert decoded.order == [0, 2, 4]
+    assert set(decoded.errors) == {1, 3}
+    assert all(e["error"]["code"] == "corrupt_image" for e in decoded.errors.values())
+    cmyk_row = decoded.images[1].numpy()
+    np.testing.assert_allclose(cmyk_row.mean(), load_image(cmyk, max_pixels=10**8).mean(), atol=3)
+    answers = in_batch_order(decoded, np.arange(3)[:, None] * np.ones((3, 1000)), 5)
+    assert [a if isinstance(a, dict) else int(a[0]) for a in answers][::2] == [0, 1, 2]
+    assert answers[1] == decoded.errors[1] and answers[3] == decoded.errors[3]
+
+
+def test_only_plain_jpegs_go_to_the_replica_undecoded(photos):
+    from PIL import Image
+
+    rgb = Image.open(photos[0]).convert("RGB")
+    plain = {"rgb jpeg": encode(rgb, "JPEG"), "grey jpeg": encode(rgb.convert("L"), "JPEG")}
+    not_plain = {
+        "cmyk jpeg": encode(rgb.convert("CMYK"), "JPEG"),
+        "exif-rotated jpeg": exif_rotated_jpeg(rgb),
+        "png": encode(rgb, "PNG"),
+        "webp": encode(rgb, "WEBP"),
+    }
+    for name, data in plain.items():
+        assert is_plain_jpeg(open_image(data, max_pixels=10**8)), name
+    for name, data in not_plain.items():
+        assert not is_plain_jpeg(open_image(data, max_pixels=10**8)), name
+
+
+# ---- decoding on the model replica, end to end over HTTP (CPU device here, nvJPEG on a GPU) ------
+
+
+@pytest.fixture(scope="module")
+def decoding_service():
+    from tests.harness import free_port, serve_run, sized_config
+
+    def decode_on_replica(config):
+        config["applications"][0]["args"]["model"]["decode_on_replica"] = True
+
+    with serve_run(sized_config(free_port(), backend="torch", edit=decode_on_replica)) as base_url:
+        yield base_url
+
+
+@pytest.mark.serve
+def test_service_with_replica_decoding_answers_like_the_reference(decoding_service, photos, standin_reference):
+    import httpx
+    from PIL import Image
+
+    health = httpx.get(f"{decoding_service}/healthz").json()
+    assert health["replica"]["decodes_jpeg"] is True
+    agree = 0
+    for photo in photos:
+        response = httpx.post(f"{decoding_service}/v1/classify", files={"file": (photo.name, photo.read_bytes())}, timeout=60)
+        assert response.status_code == 200, response.text
+        agree += response.json()["predictions"][0]["index"] == int(standin_reference(photo).argmax())
+    assert agree >= 0.9 * len(photos)
+
+    rgb = Image.open(photos[0]).convert("RGB")
+    good = photos[1].read_bytes()
+    files = [
+        ("file", ("a.png", encode(rgb, "PNG"))),  # decoded by the ingress
+        ("file", ("b.jpg", encode(rgb.convert("CMYK"), "JPEG"))),  # decoded by the ingress
+        ("file", ("c.jpg", exif_rotated_jpeg(rgb))),  # decoded by the ingress
+        ("file", ("d.jpg", good[: len(good) // 3])),  # sent as bytes, fails in the replica
+        ("file", ("e.jpg", good)),  # sent as bytes
+    ]
+    results = httpx.post(f"{decoding_service}/v1/classify", files=files, timeout=60).json()["results"]
+    assert [r.get("error", {}).get("code", "ok") for r in results] == ["ok", "ok", "ok", "corrupt_image", "ok"]
+    assert results[0]["predictions"][0]["index"] == results[2]["predictions"][0]["index"]
+
+
+# ---- on a GPU ----------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_graphs_fp16_agrees_with_fp32_eager(photos, standin_network):
+    backend = CudaGraphsBackend(
+        ModelSettings(weights="standin", backend="cuda-graphs", graph_batch_sizes=[1, 4, 16]),
+        resolve_weights("standin"), 4,
+    )
+    images = np.stack([load_image(p.read_bytes(), max_pixels=10**8) for p in photos])
+    with torch.inference_mode():
+        reference = torch.softmax(standin_network(torch.from_numpy(images)), 1).numpy()
+    for count in (1, 3, 16, 20):
+        logits = backend.infer(images[:count])
+        probabilities = torch.softmax(torch.from_numpy(logits), 1).numpy()
+        assert (probabilities.argmax(1) == reference[:count].argmax(1)).mean() >= 0.95
+        assert np.abs(probabilities - reference[:count]).max() < 0.05
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_nvjpeg_decoding_matches_the_cpu_decode(photos):
+    encoded = [p.read_bytes() for p in photos]
+    on_gpu = decode_batch(encoded, torch.device("cuda"))
+    on_cpu = decode_batch(encoded, torch.device("cpu"))
+    assert on_gpu.images.device.type == "cuda" and on_gpu.order == on_cpu.order
+    difference = (on_gpu.images.cpu().int() - on_cpu.images.int()).abs().float().mean()
+    assert difference < 1.5
