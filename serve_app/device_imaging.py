@@ -17,7 +17,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from serve_app.errors import ServiceError
+from serve_app.errors import CorruptImageError, ServiceError
 from serve_app.imaging import CROP_SIZE, RESIZE_SIZE, load_image
 
 
@@ -61,6 +61,9 @@ def decode_batch(encoded: list[bytes], device: torch.device) -> DecodedBatch:
                 row = preprocess_tensor(image)
         except ServiceError as error:
             errors[index] = error.as_json()
+            continue
+        except Exception as exc:  # anything else about this one image must not fail its batch
+            errors[index] = CorruptImageError(f"the image could not be decoded: {exc}").as_json()
             continue
         rows.append(row)
         order.append(index)

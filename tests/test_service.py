@@ -175,3 +175,12 @@ def test_unknown_route_and_wrong_method_are_json_errors(service):
     wrong = httpx.get(f"{service}/v1/classify")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_by_default_no_origin_is_allowed_and_no_key_is_needed(service, shared_images):
+    preflight = httpx.options(f"{service}/v1/classify", headers={
+        "Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers
+    answer = classify(service, shared_images[0])
+    assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+    assert answer.headers["x-request-id"]

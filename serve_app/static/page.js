@@ -271,6 +271,10 @@ function wireInputs() {
   const input = document.getElementById("file-input");
   const zone = document.getElementById("drop-zone");
   document.getElementById("choose").addEventListener("click", () => input.click());
+  // The whole zone opens the picker on a click; the button is its keyboard-reachable twin.
+  zone.addEventListener("click", (event) => {
+    if (!event.target.closest("button")) input.click();
+  });
   input.addEventListener("change", () => {
     classifyFiles([...input.files]);
     input.value = "";
