@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 
 # Playwright drives the system's Chromium: nothing is downloaded at test time.
 browser:
-	@dpkg -s $(BROWSER_PACKAGES) >/dev/null 2>&1 || { \
+	@installed=$$(dpkg-query -W -f='$${Status}\n' $(BROWSER_PACKAGES) 2>/dev/null | grep -c '^install ok installed$$'); \
+	[ "$$installed" = "$(words $(BROWSER_PACKAGES))" ] || { \
 		$(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES); }
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES); }
 
 install: $(STAMP) browser
 

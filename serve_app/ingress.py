@@ -1,9 +1,12 @@
 """The HTTP side: Starlette routes, upload validation, decoding, and the error contract.
 
-Request flow: read the body (bounded) -> split into uploads -> decode + preprocess each in a
-worker thread (imaging.py) -> send uint8 arrays to the Classifier, which batches them ->
-top-k and labels per request -> JSON. Every client error is a ServiceError, rendered as
-{"error": {"code", "message"}} with the status from HTTP_STATUS. This module never imports torch.
+Request flow: middleware (request log + metrics, CORS, API key) -> read the body (bounded in
+size and time) -> split into uploads -> decode + preprocess each in a worker thread (imaging.py)
+-> send uint8 arrays to the Classifier, which batches them -> top-k and labels per request ->
+JSON. Where the model replicas decode JPEGs themselves (model.decode_on_replica, for GPUs), a
+plain JPEG's header is checked here and its bytes are sent instead. Every client error is a
+ServiceError, rendered as {"error": {"code", "message"}} with the status from HTTP_STATUS.
+This module never imports torch.
 """
 
 from __future__ import annotations
