@@ -33,12 +33,20 @@ def route_path(scope: Scope) -> str:
     return path[len(prefix):] or "/" if prefix and path.startswith(prefix) else path
 
 
-def bearer_token(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header's first value (`name` in lower case, as ASGI gives them)."""
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
     return None
+
+
+def bearer_token(scope: Scope) -> str | None:
+    value = header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 class ApiKeyMiddleware:

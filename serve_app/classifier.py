@@ -71,12 +71,7 @@ class Classifier:
         batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s,
     )
     async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        self._batch_sizes[len(images)] += 1
-        batch = np.stack(images)
-        started = time.perf_counter()
-        logits = await asyncio.to_thread(self._backend.infer, batch)
-        self._metrics.batch(len(images), time.perf_counter() - started)
-        return list(softmax(logits))
+        return list(await self._probabilities(np.stack(images)))
 
     @serve.batch(
         max_batch_size=_DEFAULT_BATCH.max_batch_size,
@@ -90,14 +85,16 @@ class Classifier:
         if self._decode_device is None:
             raise RuntimeError("this model deployment does not decode (model.decode_on_replica is false)")
         decoded = await asyncio.to_thread(decode_batch, encoded, self._decode_device)
-        probabilities = None
-        if decoded.images is not None:
-            self._batch_sizes[len(decoded.order)] += 1
-            started = time.perf_counter()
-            logits = await asyncio.to_thread(self._backend.infer, decoded.images)
-            self._metrics.batch(len(decoded.order), time.perf_counter() - started)
-            probabilities = softmax(logits)
+        probabilities = None if decoded.images is None else await self._probabilities(decoded.images)
         return in_batch_order(decoded, probabilities, len(encoded))
+
+    async def _probabilities(self, batch) -> np.ndarray:
+        """One forward pass, off the event loop, counted in the batch-size stats and metrics."""
+        self._batch_sizes[len(batch)] += 1
+        started = time.perf_counter()
+        logits = await asyncio.to_thread(self._backend.infer, batch)
+        self._metrics.batch(len(batch), time.perf_counter() - started)
+        return softmax(logits)
 
     def info(self) -> dict:
         sizes = {str(size): count for size, count in sorted(self._batch_sizes.items())}

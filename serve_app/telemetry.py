@@ -12,7 +12,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.access import route_path
+from serve_app.access import header, route_path
 
 # Serve's own logger: its handlers write to the replica's log file, as JSON when the config's
 # logging_config says `encoding: JSON`, and they add the request id, route and replica.
@@ -28,13 +28,6 @@ def route_label(path: str) -> str:
     if path in ROUTES:
         return path
     return "/static" if path.startswith("/static/") else "other"
-
-
-def request_id_of(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", []):
-        if name == b"x-request-id":
-            return value.decode("latin-1")
-    return None
 
 
 class IngressMetrics:
@@ -99,7 +92,7 @@ class RequestTelemetry:
             route = route_label(route_path(scope))
             self.metrics.requests.inc(tags={"route": route, "status": str(status)})
             fields = {
-                "request_id": request_id_of(scope),
+                "request_id": header(scope, b"x-request-id"),
                 "method": scope["method"],
                 "route": route,
                 "status": status,
