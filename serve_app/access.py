@@ -30,7 +30,9 @@ def key_matches(given: str, keys: Sequence[bytes]) -> bool:
 def route_path(scope: Scope) -> str:
     """The path below the application's route prefix."""
     path, prefix = scope["path"], scope.get("root_path", "")
-    return path[len(prefix):] or "/" if prefix and path.startswith(prefix) else path
+    if prefix and path.startswith(prefix):
+        return path[len(prefix):] or "/"
+    return path
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import random
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -35,7 +35,6 @@ class Upload:
     filename: str = "photo.jpg"
     content_type: str | None = "image/jpeg"  # the part's type, or the raw body's Content-Type header
     field_name: str = "file"
-    extra: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 def send(client: httpx.Client, url: str, upload: Upload, headers: dict | None = None) -> httpx.Response:

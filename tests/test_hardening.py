@@ -37,9 +37,7 @@ RAY_TOKEN = secrets.token_hex(32)  # Ray's own token auth, on for this test's cl
 def locked_down(config: dict) -> None:
     app = config["applications"][0]
     app["args"]["ingress"].update(cors_allow_origins=[ALLOWED_ORIGIN], request_timeout_s=REQUEST_TIMEOUT_S)
-    classifier = deployment(config, "Classifier")
-    classifier["autoscaling_config"].update(min_replicas=2, max_replicas=2)
-    classifier["ray_actor_options"]["num_cpus"] = 0.4
+    deployment(config, "Classifier")["autoscaling_config"].update(min_replicas=2, max_replicas=2)
 
 
 def healthz_and_two_model_replicas(base_url: str) -> bool:
