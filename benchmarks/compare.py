@@ -1,14 +1,16 @@
 """Ours against the simple ways, one after another on the same machine, photos and load generator.
 
-    python -m benchmarks.compare                       # ~10 minutes on 2 cores
+    python -m benchmarks.compare                       # ~12 minutes on 2 cores
     python -m benchmarks.compare --seconds 5 --concurrency 1,8
 
 Systems: `ours` (configs/cpu.yaml via `serve run`, sized for this machine by `sized_for_two_cores`),
-`plain-serve` (benchmarks/baselines/plain_serve.py), `flask` (benchmarks/baselines/flask_app.py
-under gunicorn, one worker per core, torch's default threads) and `flask-tuned` (the same with one
-torch thread per worker). Each is started, warmed up, swept over the concurrency levels
-and stopped before the next starts. Also measures the in-process ceiling (the fastest backend
-decoding and classifying in one process, no HTTP). Writes benchmarks/results/serving.{md,json,png}.
+`plain-serve` (benchmarks/baselines/plain_serve.py with Ray's defaults), `plain-serve+ray-settings`
+(the same with the Ray settings `python -m serve_app serve` uses; not a target), `flask`
+(benchmarks/baselines/flask_app.py under gunicorn, one worker per core, torch's default threads)
+and `flask-tuned` (the same with one torch thread per worker). Each is started, warmed up, swept
+over the concurrency levels and stopped before the next starts. Also measures the in-process
+ceiling (the fastest backend decoding and classifying in one process, no HTTP). Writes
+benchmarks/results/serving.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import httpx
 
 from benchmarks.load import LoadResult, load_photos, plot, results_table, sweep
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from tests.harness import deployment, free_port, running, serve_run, sized_config, wait_ready
+from tests.harness import RAY_ENV, deployment, free_port, running, serve_run, sized_config, wait_ready
 
 LEVELS = [1, 8, 32, 64]
 TARGETS = {"vs_flask": 3.0, "vs_plain": 2.0, "p99_over_p50_at_8": 3.0}
@@ -62,7 +64,8 @@ def ours(weights: str, edit=sized_for_two_cores) -> Iterator[str]:
 
 
 @contextmanager
-def plain_serve(weights: str) -> Iterator[str]:
+def plain_serve(weights: str, ray_env: dict[str, str] | None = None) -> Iterator[str]:
+    """Ray's defaults, as a user gets them, unless `ray_env` says otherwise."""
     port = free_port()
     config = {
         "http_options": {"host": "127.0.0.1", "port": port},
@@ -71,8 +74,15 @@ def plain_serve(weights: str) -> Iterator[str]:
             "runtime_env": {"env_vars": {"SERVE_APP_WEIGHTS": weights}},
         }],
     }
-    with serve_run(config, ready=post_ok("/"), env={}) as url:  # Ray's defaults, as a user gets them
+    with serve_run(config, ready=post_ok("/"), env=ray_env or {}) as url:
         yield url + "/"
+
+
+@contextmanager
+def plain_serve_with_our_ray_settings(weights: str) -> Iterator[str]:
+    """Not a target: shows how much of the gap Ray's settings alone close (HAProxy, throughput mode)."""
+    with plain_serve(weights, ray_env=RAY_ENV) as url:
+        yield url
 
 
 @contextmanager
@@ -94,8 +104,9 @@ def flask_tuned(weights: str) -> Iterator[str]:
         yield url
 
 
-SYSTEMS = {"ours": ours, "plain-serve": plain_serve, "flask": flask, "flask-tuned": flask_tuned}
-BASELINES = ("plain-serve", "flask", "flask-tuned")
+SYSTEMS = {"ours": ours, "plain-serve": plain_serve, "plain-serve+ray-settings": plain_serve_with_our_ray_settings,
+           "flask": flask, "flask-tuned": flask_tuned}
+BASELINES = ("plain-serve", "plain-serve+ray-settings", "flask", "flask-tuned")
 
 
 def in_process_ceiling(weights: str, seconds: float) -> float:

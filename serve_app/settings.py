@@ -143,4 +143,5 @@ class BatchSettings(_Strict):
     """The model deployment's `user_config`: applied with the `@serve.batch` setters, live."""
 
     max_batch_size: int = Field(16, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=1.0)
+    # Only while other requests are in the replica; a request arriving at an idle one runs at once.
+    batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=1.0)

@@ -1,8 +1,9 @@
 """What the service tells its operators: metrics through Ray Serve's metrics API (exported on Ray's
 Prometheus endpoint, names prefixed `ray_`) and one structured log line per request.
 
-Ray Serve's proxy gives every request an id (the client's own X-Request-ID when it sends one) and
-returns it in the X-Request-ID header; the log line carries the same id.
+Ray Serve gives every request an id (the client's own X-Request-ID when it sends one) and returns it
+in the X-Request-ID header; the log line carries the same id. (Behind HAProxy the Ingress replica
+serves HTTP itself and does this; behind Ray's Python proxy, the proxy does.)
 """
 
 from __future__ import annotations

@@ -114,7 +114,21 @@ class LocalCluster:
         del self.nodes[name]
 
     def stop(self) -> None:
+        """`serve shutdown` first: it stops the HAProxy that Serve runs on the head (RAY_ENV), which
+        `ray stop` alone leaves running. Any that outlive both are killed."""
+        raylets = [pid for pid, cmd in _processes() if "raylet" in cmd and self._owns(cmd)]
+        haproxies = [pid for raylet in raylets for pid in _descendants(raylet) if _is_haproxy(pid)]
+        subprocess.run([SERVE_CLI, "shutdown", "--yes", "--address", self.dashboard], env=self.env,
+                       capture_output=True, timeout=120)
         subprocess.run([RAY_CLI, "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+        for pid in haproxies:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _owns(self, command_line: str) -> bool:
+        return any(f"--node_manager_port={node.node_manager_port}" in command_line for node in self.nodes.values())
 
 
 def _processes() -> list[tuple[int, str]]:
@@ -126,6 +140,13 @@ def _processes() -> list[tuple[int, str]]:
             except OSError:
                 continue
     return found
+
+
+def _is_haproxy(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "haproxy"
+    except OSError:
+        return False
 
 
 def _descendants(root: int) -> list[int]:

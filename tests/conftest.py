@@ -1,11 +1,49 @@
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.harness import SHARED_IMAGES
+
+# What a Ray node and Serve's HTTP front leave behind when a test does not stop them.
+CLUSTER_PROCESSES = ("raylet", "gcs_server", "haproxy")
+
+
+def cluster_processes() -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() in CLUSTER_PROCESSES:
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def pytest_sessionstart(session):
+    session.config.cluster_processes_before = cluster_processes()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if any test left a Ray node or an HAProxy running (and end them)."""
+    deadline = time.monotonic() + 10
+    while (left := cluster_processes() - session.config.cluster_processes_before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    killed = []
+    for pid in sorted(left):
+        try:
+            killed.append(f"{Path(f'/proc/{pid}/comm').read_text().strip()} (pid {pid})")
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue
+    if killed:
+        print(f"\nERROR: the tests left these processes running (now killed): {', '.join(killed)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

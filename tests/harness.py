@@ -31,7 +31,8 @@ SHARED_IMAGES = REPO.parent / "shared" / "images"
 
 
 # In throughput mode an ingress replica keeps answering for 30 s after it is told to stop, for
-# load balancers in front of it to notice. Nothing stands in front of a test service on loopback.
+# load balancers in front of it to notice. In front of a test service there is only the HAProxy
+# that Serve runs, which health-checks replicas every 250 ms.
 QUICK_SHUTDOWN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 
@@ -83,7 +84,7 @@ def serve_run(
     ready: Callable[[str], bool] = healthz_ok,
     env: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """Start `serve run` on `config` in its own process group; yield the base URL once ready."""
+    """Start `serve run` on `config` in its own session; yield the base URL once ready."""
     workdir = Path(tempfile.mkdtemp(prefix="serve-app-test-"))
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -96,7 +97,7 @@ def serve_run(
 
 @contextmanager
 def running(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """Run `command` from the repository root in its own process group; stop the group afterwards."""
+    """Run `command` from the repository root in its own session; stop all of it afterwards."""
     base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SERVE_APP_WEIGHTS")}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -152,17 +153,33 @@ def processes_named(fragment: str) -> list[int]:
 
 
 def stop(process: subprocess.Popen) -> None:
-    """Ctrl-C (Serve and Ray shut down), then make sure nothing of the group survives."""
+    """Ctrl-C (Serve and Ray shut down), then make sure nothing the command started survives. Ray's
+    workers run in process groups of their own, and so does the HAProxy one of them starts, but
+    all stay in the command's session."""
     try:
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=60)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for pid in [process.pid, *session_members(process.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     process.wait()
+
+
+def session_members(session_id: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == session_id:
+                members.append(int(entry.name))
+    return members
 
 
 @dataclass(frozen=True)

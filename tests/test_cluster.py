@@ -11,7 +11,7 @@ import pytest
 
 from serve_app.__main__ import RAY_ENV
 from tests.cluster import LocalCluster
-from tests.harness import SHARED_IMAGES, SteadyLoad, deployment, free_port, sized_config, wait_until
+from tests.harness import QUICK_SHUTDOWN_ENV, SHARED_IMAGES, SteadyLoad, deployment, free_port, sized_config, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -35,7 +35,8 @@ def cluster_config(port: int, classifier_replicas: int, max_batch_size: int) -> 
 @pytest.fixture(scope="module")
 def cluster():
     # Faster node-failure detection than Ray's default, so the test stays short.
-    cluster = LocalCluster({**RAY_ENV, "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"})
+    cluster = LocalCluster({**RAY_ENV, **QUICK_SHUTDOWN_ENV, "RAY_health_check_period_ms": "1000",
+                            "RAY_health_check_failure_threshold": "3"})
     try:
         cluster.start_head(num_cpus=1, resources={"ingress": 1})
         cluster.add_worker("worker-a", num_cpus=1)

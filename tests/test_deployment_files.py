@@ -12,6 +12,7 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from serve_app.__main__ import RAY_ENV
 from tests.harness import REPO
 
 sys.path.insert(0, str(REPO / "k8s"))
@@ -86,7 +87,8 @@ def test_cluster_shape(flavor):
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "the head runs no replicas"
     for template in pod_templates(manifest(flavor)):
         env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
-        assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"]["value"] == "1"
+        for name, value in RAY_ENV.items():
+            assert env[name]["value"] == value, f"{name} is set on every Ray node as `serve_app serve` sets it"
         keys = env["SERVE_APP_API_KEYS"]["valueFrom"]["secretKeyRef"]
         assert keys == {"name": "serve-app-api-keys", "key": "keys", "optional": True}, "API keys come from a Secret"
     if flavor == "gpu":
@@ -107,7 +109,7 @@ def test_dockerfile_matches_the_package():
     for source in re.findall(r"^COPY (?!--from)(.+?) \S+$", dockerfile, flags=re.M):
         for path in source.split():
             assert (REPO / path).exists(), f"Dockerfile copies {path}, which is not in the repository"
-    for variable in (CACHE_ENV_VAR, IMAGES_ENV_VAR, ARTIFACTS_ENV_VAR, "TORCH_HOME"):
+    for variable in (CACHE_ENV_VAR, IMAGES_ENV_VAR, ARTIFACTS_ENV_VAR, "TORCH_HOME", *RAY_ENV):
         assert re.search(rf"\b{variable}=", dockerfile), f"the image must set {variable}"
     commands = set(re.findall(r"python -m serve_app ([a-z-]+)", dockerfile))
     help_text = subprocess.run([sys.executable, "-m", "serve_app", "--help"], capture_output=True, text=True).stdout
