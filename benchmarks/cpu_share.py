@@ -75,14 +75,18 @@ def measure(front_env: dict[str, str], weights: str, seconds: float, photos) -> 
     }
 
 
-def plot(measured: dict[str, dict], path: Path) -> None:
+def roles_by_cost(measured: dict[str, dict]) -> list[str]:
+    """Every role seen, the costliest (under either front) first."""
+    return sorted({r for m in measured.values() for r in m["ms_per_request"]},
+                  key=lambda r: -max(m["ms_per_request"].get(r, 0) for m in measured.values()))
+
+
+def plot(measured: dict[str, dict], roles: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    roles = sorted({r for m in measured.values() for r in m["ms_per_request"]},
-                   key=lambda r: -max(m["ms_per_request"].get(r, 0) for m in measured.values()))
     figure, axis = plt.subplots(figsize=(9, 0.6 * len(measured) + 2))
     for row, (front, m) in enumerate(measured.items()):
         left = 0.0
@@ -107,9 +111,11 @@ def main() -> None:
     args = parser.parse_args()
     photos = load_photos()
     measured = {front: measure(env, args.weights, args.seconds, photos) for front, env in FRONTS.items()}
+    print(write_results(measured, args.seconds, command_line()))
 
-    roles = sorted({r for m in measured.values() for r in m["ms_per_request"]},
-                   key=lambda r: -measured["HAProxy"]["ms_per_request"].get(r, 0))
+
+def write_results(measured: dict[str, dict], seconds: float, command: str) -> str:
+    roles = roles_by_cost(measured)
     rows = [[name, *(f"{m['ms_per_request'].get(name, 0):.2f}" for m in measured.values())] for name in roles]
     rows.append(["**total**", *(f"**{sum(m['ms_per_request'].values()):.2f}**" for m in measured.values())])
     rows.append(["req/s (errors)", *(f"{m['req_s']:.1f} ({m['errors']})" for m in measured.values())])
@@ -117,8 +123,8 @@ def main() -> None:
         "# Where the CPU goes: CPU ms per request at concurrency 32",
         "",
         f"- Machine: {machine_line()}",
-        f"- Command: `{command_line()}`",
-        f"- Ours sized for 2 cores (one Ingress, one Classifier replica), {args.seconds:g} s measured after a "
+        f"- Command: `{command}`",
+        f"- Ours sized for 2 cores (one Ingress, one Classifier replica), {seconds:g} s measured after a "
         "5 s warm-up; each process's user+system CPU time from /proc, divided by the requests answered.",
         "",
         markdown_table(["process", *(f"front: {f}" for f in measured)], rows),
@@ -127,10 +133,10 @@ def main() -> None:
         "",
     ])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(measured, RESULTS / "cpu_share.png")
+    plot(measured, roles, RESULTS / "cpu_share.png")
     (RESULTS / "cpu_share.json").write_text(json.dumps(measured, indent=2))
     (RESULTS / "cpu_share.md").write_text(text)
-    print(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.harness import REPO, free_port
+from tests.harness import REPO, free_port, process_name
 
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
 SERVE_CLI = str(Path(sys.executable).with_name("serve"))
@@ -117,7 +117,7 @@ class LocalCluster:
         """`serve shutdown` first: it stops the HAProxy that Serve runs on the head (RAY_ENV), which
         `ray stop` alone leaves running. Any that outlive both are killed."""
         raylets = [pid for pid, cmd in _processes() if "raylet" in cmd and self._owns(cmd)]
-        haproxies = [pid for raylet in raylets for pid in _descendants(raylet) if _is_haproxy(pid)]
+        haproxies = [pid for raylet in raylets for pid in _descendants(raylet) if process_name(pid) == "haproxy"]
         subprocess.run([SERVE_CLI, "shutdown", "--yes", "--address", self.dashboard], env=self.env,
                        capture_output=True, timeout=120)
         subprocess.run([RAY_CLI, "stop", "--force"], env=self.env, capture_output=True, timeout=120)
@@ -140,13 +140,6 @@ def _processes() -> list[tuple[int, str]]:
             except OSError:
                 continue
     return found
-
-
-def _is_haproxy(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "haproxy"
-    except OSError:
-        return False
 
 
 def _descendants(root: int) -> list[int]:

@@ -8,21 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import SHARED_IMAGES
+from tests.harness import SHARED_IMAGES, process_name
 
 # What a Ray node and Serve's HTTP front leave behind when a test does not stop them.
 CLUSTER_PROCESSES = ("raylet", "gcs_server", "haproxy")
 
 
 def cluster_processes() -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() in CLUSTER_PROCESSES:
-                found.add(int(entry.name))
-        except OSError:
-            continue
-    return found
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return {pid for pid in pids if process_name(pid) in CLUSTER_PROCESSES}
 
 
 def pytest_sessionstart(session):
@@ -36,10 +30,11 @@ def pytest_sessionfinish(session, exitstatus):
         time.sleep(0.5)
     killed = []
     for pid in sorted(left):
+        name = process_name(pid)
         try:
-            killed.append(f"{Path(f'/proc/{pid}/comm').read_text().strip()} (pid {pid})")
             os.kill(pid, signal.SIGKILL)
-        except OSError:
+            killed.append(f"{name} (pid {pid})")
+        except ProcessLookupError:
             continue
     if killed:
         print(f"\nERROR: the tests left these processes running (now killed): {', '.join(killed)}")

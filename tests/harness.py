@@ -161,12 +161,20 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=60)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
-    for pid in [process.pid, *session_members(process.pid)]:
+    for pid in session_members(process.pid):  # the command itself included
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     process.wait()
+
+
+def process_name(pid: int) -> str | None:
+    """The process's executable name (/proc/PID/comm), or None once it has gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
 
 
 def session_members(session_id: int) -> list[int]:
