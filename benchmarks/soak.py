@@ -6,7 +6,8 @@
 Serves configs/cpu.yaml (sized for 2 cores, one Ingress and one Classifier replica pinned so the
 same processes are watched throughout) and keeps `--concurrency` requests in flight with the shared
 photos. Every few seconds it reads the resident memory (VmRSS) of each replica, the HTTP front
-(HAProxy, and Ray's Python proxy that stays up behind it) and the controller. A process passes when its RSS at the end is within 10% of its RSS after warm-up.
+(HAProxy, and Ray's Python proxy that stays up behind it) and the controller. A process passes
+when its RSS at the end is within 10% of its RSS after warm-up.
 Writes benchmarks/results/soak.{md,png,json}.
 """
 
