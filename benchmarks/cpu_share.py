@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.compare import sized_for_two_cores
 from benchmarks.load import load_photos, sweep
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from tests.harness import RAY_ENV, free_port, serve_run, sized_config
+from tests.harness import RAY_ENV, free_port, processes, serve_run, sized_config
 
 FRONTS = {"HAProxy": {**RAY_ENV}, "Python proxy": {**RAY_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "0"}}
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -35,17 +35,7 @@ ROLES = [
 
 
 def cpu_ticks_by_process() -> dict[int, tuple[int, str]]:
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            continue
-        found[int(entry.name)] = (int(fields[11]) + int(fields[12]), command)
-    return found
+    return {process.pid: (process.cpu_ticks, process.command) for process in processes()}
 
 
 def role(pid: int, command: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.harness import REPO, free_port, process_name
+from tests.harness import REPO, free_port, process_name, processes
 
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
 SERVE_CLI = str(Path(sys.executable).with_name("serve"))
@@ -103,7 +103,7 @@ class LocalCluster:
     def kill_node(self, name: str) -> None:
         """SIGKILL the node's raylet and everything it started, as if the machine vanished."""
         port_flag = f"--node_manager_port={self.nodes[name].node_manager_port}"
-        raylets = [pid for pid, cmd in _processes() if "raylet" in cmd and port_flag in cmd]
+        raylets = [p.pid for p in processes() if "raylet" in p.command and port_flag in p.command]
         assert len(raylets) == 1, f"expected one raylet for {name}, found {raylets}"
         victims = [raylets[0], *_descendants(raylets[0])]
         for pid in victims:
@@ -116,7 +116,7 @@ class LocalCluster:
     def stop(self) -> None:
         """`serve shutdown` first: it stops the HAProxy that Serve runs on the head (RAY_ENV), which
         `ray stop` alone leaves running. Any that outlive both are killed."""
-        raylets = [pid for pid, cmd in _processes() if "raylet" in cmd and self._owns(cmd)]
+        raylets = [p.pid for p in processes() if "raylet" in p.command and self._owns(p.command)]
         haproxies = [pid for raylet in raylets for pid in _descendants(raylet) if process_name(pid) == "haproxy"]
         subprocess.run([SERVE_CLI, "shutdown", "--yes", "--address", self.dashboard], env=self.env,
                        capture_output=True, timeout=120)
@@ -131,26 +131,10 @@ class LocalCluster:
         return any(f"--node_manager_port={node.node_manager_port}" in command_line for node in self.nodes.values())
 
 
-def _processes() -> list[tuple[int, str]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
-            except OSError:
-                continue
-    return found
-
-
 def _descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
+    for process in processes():
+        children.setdefault(process.parent, []).append(process.pid)
     found, stack = [], [root]
     while stack:
         for child in children.get(stack.pop(), []):

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import SHARED_IMAGES, process_name
+from tests.harness import SHARED_IMAGES, process_name, processes
 
 # What a Ray node and Serve's HTTP front leave behind when a test does not stop them.
 CLUSTER_PROCESSES = ("raylet", "gcs_server", "haproxy")
 
 
 def cluster_processes() -> set[int]:
-    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
-    return {pid for pid in pids if process_name(pid) in CLUSTER_PROCESSES}
+    return {process.pid for process in processes() if process_name(process.pid) in CLUSTER_PROCESSES}
 
 
 def pytest_sessionstart(session):

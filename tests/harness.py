@@ -139,17 +139,35 @@ def process_memory_mb(pid: int) -> dict[str, float]:
     return {"rss_mb": fields.get("VmRSS", 0.0), "peak_rss_mb": fields.get("VmHWM", 0.0)}
 
 
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    parent: int
+    session: int
+    cpu_ticks: int  # user + system CPU time so far, in clock ticks
+    command: str  # the command line, arguments joined by spaces
+
+
+def processes() -> list[ProcessInfo]:
+    """Every process in /proc (one that exits while being read is left out)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The fields after the parenthesised name, which may itself hold spaces or parentheses.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        found.append(ProcessInfo(int(entry.name), int(fields[1]), int(fields[3]), int(fields[11]) + int(fields[12]),
+                                 command))
+    return found
+
+
 def processes_named(fragment: str) -> list[int]:
     """PIDs whose command line contains fragment (Ray titles replicas `ray::ServeReplica:<app>:<deployment>`)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if fragment in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+    return [process.pid for process in processes() if fragment in process.command]
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -178,16 +196,7 @@ def process_name(pid: int) -> str | None:
 
 
 def session_members(session_id: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[3]) == session_id:
-                members.append(int(entry.name))
-    return members
+    return [process.pid for process in processes() if process.session == session_id]
 
 
 @dataclass(frozen=True)
