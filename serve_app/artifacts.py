@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from serve_app.settings import ModelSettings
 from serve_app.weights import WeightsError, WeightsSource, file_sha256
@@ -33,7 +34,11 @@ class ArtifactError(WeightsError):
     """Artifacts missing, stale (built from other weights) or tampered with."""
 
 
-def export_artifacts(settings: ModelSettings, out_dir: Path) -> dict:
+Progress = Callable[[str], None]
+EXPORT_STEPS = 4
+
+
+def export_artifacts(settings: ModelSettings, out_dir: Path, progress: Progress = lambda step: None) -> dict:
     import torch
 
     from serve_app.calibration import calibration_batch, calibration_identity
@@ -41,16 +46,20 @@ def export_artifacts(settings: ModelSettings, out_dir: Path) -> dict:
     from serve_app.weights import resolve_weights
 
     source = resolve_weights(settings.weights, calibration_images=settings.calibration_images)
+    progress(f"[1/{EXPORT_STEPS}] network from the {source.kind} weights")
     network = build_network(source, settings)
     example = torch.zeros(2, 224, 224, 3, dtype=torch.uint8)
     out_dir.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
+        progress(f"[2/{EXPORT_STEPS}] TorchScript")
         torch.jit.freeze(torch.jit.trace(network, example)).save(str(out_dir / ARTIFACT_FILES["torchscript"]))
+        progress(f"[3/{EXPORT_STEPS}] ONNX FP32")
         torch.onnx.export(
             network, (example,), str(out_dir / ARTIFACT_FILES["onnx"]), dynamo=False,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET,
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
+    progress(f"[4/{EXPORT_STEPS}] ONNX INT8, calibrated on photos")
     quantize_int8(out_dir / ARTIFACT_FILES["onnx"], out_dir / ARTIFACT_FILES["onnx-int8"],
                   calibration_batch(settings.calibration_images))
     manifest = {
@@ -102,7 +111,9 @@ def verified_artifact(folder: Path, source: WeightsSource, backend: str) -> Path
     return path
 
 
-def artifact_path(settings: ModelSettings, source: WeightsSource, backend: str) -> Path:
+def artifact_path(settings: ModelSettings, source: WeightsSource, backend: str, progress: Progress | None = None) -> Path:
+    """A verified artifact for `backend`; built into the cache first when missing, reporting each
+    step to `progress` when given."""
     if settings.artifacts_dir:
         return verified_artifact(Path(settings.artifacts_dir).expanduser(), source, backend)
     from serve_app.cache import cache_folder
@@ -112,19 +123,26 @@ def artifact_path(settings: ModelSettings, source: WeightsSource, backend: str) 
     key = f"{source.sha256[:16]}-{calibration_identity(settings.calibration_images)[:8]}"
     folder = cache_folder(settings.cache_dir) / "artifacts" / key
     if not (folder / MANIFEST).is_file():
-        build_in_child_process(settings, folder)
+        build_in_child_process(settings, folder, progress)
     return verified_artifact(folder, source, backend)
 
 
-def build_in_child_process(settings: ModelSettings, folder: Path) -> None:
+def build_in_child_process(settings: ModelSettings, folder: Path, progress: Progress | None = None) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
     command = [sys.executable, "-m", "serve_app", "export", "--out", str(staging), "--settings-json",
                settings.model_copy(update={"artifacts_dir": None}).model_dump_json()]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
+    with tempfile.TemporaryFile() as errors:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+        for line in child.stdout:
+            if progress and line.startswith("["):
+                progress(line.rstrip())
+        child.wait()
+        errors.seek(0)
+        stderr = errors.read().decode(errors="replace")
+    if child.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
-        raise ArtifactError(f"building artifacts failed:\n{result.stderr[-3000:]}")
+        raise ArtifactError(f"building artifacts failed:\n{stderr[-3000:]}")
     try:
         os.rename(staging, folder)  # atomic; a replica that lost the race keeps the winner's copy
     except OSError:

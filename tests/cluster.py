@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.harness import REPO, free_port, process_name, processes
+from serve_app.processes import descendants, kill_all, process_name, processes
+from tests.harness import REPO, free_port
 
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
 SERVE_CLI = str(Path(sys.executable).with_name("serve"))
@@ -80,6 +80,14 @@ class LocalCluster:
         path.write_text(yaml.safe_dump(config))
         self.run([SERVE_CLI, "deploy", str(path), "--address", self.dashboard])
 
+    def serve_app_deploy(self, config: dict) -> subprocess.CompletedProcess:
+        """`python -m serve_app deploy`: checks the config against the nodes, deploys, watches it start."""
+        path = self.workdir / f"deploy-{time.monotonic_ns()}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return subprocess.run([sys.executable, "-m", "serve_app", "deploy", str(path), "--address",
+                               f"127.0.0.1:{self.gcs_port}"], env=self.env, cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+
     def serve_status(self) -> dict:
         return yaml.safe_load(self.run([SERVE_CLI, "status", "--address", self.dashboard]))
 
@@ -105,39 +113,18 @@ class LocalCluster:
         port_flag = f"--node_manager_port={self.nodes[name].node_manager_port}"
         raylets = [p.pid for p in processes() if "raylet" in p.command and port_flag in p.command]
         assert len(raylets) == 1, f"expected one raylet for {name}, found {raylets}"
-        victims = [raylets[0], *_descendants(raylets[0])]
-        for pid in victims:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all([raylets[0], *descendants(raylets[0])])
         del self.nodes[name]
 
     def stop(self) -> None:
         """`serve shutdown` first: it stops the HAProxy that Serve runs on the head (RAY_ENV), which
         `ray stop` alone leaves running. Any that outlive both are killed."""
         raylets = [p.pid for p in processes() if "raylet" in p.command and self._owns(p.command)]
-        haproxies = [pid for raylet in raylets for pid in _descendants(raylet) if process_name(pid) == "haproxy"]
+        haproxies = [pid for raylet in raylets for pid in descendants(raylet) if process_name(pid) == "haproxy"]
         subprocess.run([SERVE_CLI, "shutdown", "--yes", "--address", self.dashboard], env=self.env,
                        capture_output=True, timeout=120)
         subprocess.run([RAY_CLI, "stop", "--force"], env=self.env, capture_output=True, timeout=120)
-        for pid in haproxies:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(haproxies)
 
     def _owns(self, command_line: str) -> bool:
         return any(f"--node_manager_port={node.node_manager_port}" in command_line for node in self.nodes.values())
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for process in processes():
-        children.setdefault(process.parent, []).append(process.pid)
-    found, stack = [], [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import SHARED_IMAGES, process_name, processes
+from serve_app.processes import process_name, processes
+from tests.harness import SHARED_IMAGES
 
 # What a Ray node and Serve's HTTP front leave behind when a test does not stop them.
 CLUSTER_PROCESSES = ("raylet", "gcs_server", "haproxy")
 
 
 def cluster_processes() -> set[int]:
-    return {process.pid for process in processes() if process_name(process.pid) in CLUSTER_PROCESSES}
+    return {process.pid for process in processes()
+            if process.state != "Z" and process_name(process.pid) in CLUSTER_PROCESSES}
 
 
 def pytest_sessionstart(session):

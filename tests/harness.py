@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterator
 import httpx
 import yaml
 
-from serve_app.__main__ import RAY_ENV  # what `python -m serve_app serve` sets; baselines pass env={}
+from serve_app.launcher import RAY_ENV  # what `python -m serve_app serve` sets; baselines pass env={}
+from serve_app.processes import kill_all, processes
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = REPO.parent / "shared" / "images"
@@ -139,32 +140,6 @@ def process_memory_mb(pid: int) -> dict[str, float]:
     return {"rss_mb": fields.get("VmRSS", 0.0), "peak_rss_mb": fields.get("VmHWM", 0.0)}
 
 
-@dataclass(frozen=True)
-class ProcessInfo:
-    pid: int
-    parent: int
-    session: int
-    cpu_ticks: int  # user + system CPU time so far, in clock ticks
-    command: str  # the command line, arguments joined by spaces
-
-
-def processes() -> list[ProcessInfo]:
-    """Every process in /proc (one that exits while being read is left out)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # The fields after the parenthesised name, which may itself hold spaces or parentheses.
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            continue
-        found.append(ProcessInfo(int(entry.name), int(fields[1]), int(fields[3]), int(fields[11]) + int(fields[12]),
-                                 command))
-    return found
-
-
 def processes_named(fragment: str) -> list[int]:
     """PIDs whose command line contains fragment (Ray titles replicas `ray::ServeReplica:<app>:<deployment>`)."""
     return [process.pid for process in processes() if fragment in process.command]
@@ -179,24 +154,13 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=60)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
-    for pid in session_members(process.pid):  # the command itself included
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_all(session_members(process.pid))  # the command itself included
     process.wait()
 
 
-def process_name(pid: int) -> str | None:
-    """The process's executable name (/proc/PID/comm), or None once it has gone."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return None
-
-
 def session_members(session_id: int) -> list[int]:
-    return [process.pid for process in processes() if process.session == session_id]
+    """Processes of the session still running (a zombie has exited; only its parent can collect it)."""
+    return [process.pid for process in processes() if process.session == session_id and process.state != "Z"]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """configs/cpu.yaml on a real three-node Ray cluster on 127.0.0.1, deployed with the `serve deploy`
-CLI: replicas spread over nodes, an in-place config update, and the loss of a worker node, all
-under steady HTTP load. Run alone with `pytest -m cluster`."""
+CLI: replicas spread over nodes, an in-place config update with `python -m serve_app deploy`, and
+the loss of a worker node, all under steady HTTP load; and `python -m serve_app deploy` refusing a
+config no node can hold. Run alone with `pytest -m cluster`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from serve_app.__main__ import RAY_ENV
+from serve_app.launcher import RAY_ENV
 from tests.cluster import LocalCluster
 from tests.harness import QUICK_SHUTDOWN_ENV, SHARED_IMAGES, SteadyLoad, deployment, free_port, sized_config, wait_until
 
@@ -68,13 +69,26 @@ def test_in_place_update_rolls_out_without_failed_requests(cluster):
     with SteadyLoad(f"{cluster.url}/v1/classify", PHOTOS) as load:
         time.sleep(2)
         started = time.monotonic()
-        cluster.serve_deploy(cluster_config(cluster.port, classifier_replicas=3, max_batch_size=4))
+        deployed = cluster.serve_app_deploy(cluster_config(cluster.port, classifier_replicas=3, max_batch_size=4))
+        assert deployed.returncode == 0 and "running" in deployed.stdout, deployed.stdout + deployed.stderr
         wait_until(lambda: len(cluster.replica_nodes("Classifier")) == 3, 120, "a third model replica")
         wait_until(batch_size_is_live, 60, "the new max_batch_size live")
         time.sleep(3)
     during = load.since(started)
     print(f"in-place update: {len(during)} requests during the rollout, statuses {sorted(set(during))}")
     assert len(during) > 20 and set(during) == {200}, f"statuses during the update: {sorted(set(during))}"
+
+
+def test_a_config_no_node_can_hold_is_refused_at_once_saying_what_to_change(cluster):
+    config = cluster_config(cluster.port, classifier_replicas=2, max_batch_size=16)
+    deployment(config, "Classifier")["ray_actor_options"]["num_cpus"] = 2  # every node here has 1 CPU
+    started = time.monotonic()
+    refused = cluster.serve_app_deploy(config)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "'Classifier' asks for 2 CPUs per replica" in refused.stderr
+    assert "largest node has 1 CPUs" in refused.stderr and "Lower ray_actor_options for 'Classifier'" in refused.stderr
+    assert time.monotonic() - started < 60
+    assert len(cluster.replica_nodes("Classifier")) >= 2  # the running service was left alone
 
 
 def test_losing_a_worker_node_under_load(cluster):

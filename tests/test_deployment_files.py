@@ -12,7 +12,7 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.__main__ import RAY_ENV
+from serve_app.launcher import RAY_ENV
 from tests.harness import REPO
 
 sys.path.insert(0, str(REPO / "k8s"))

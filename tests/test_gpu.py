@@ -183,6 +183,16 @@ def test_service_with_replica_decoding_answers_like_the_reference(decoding_servi
     assert results[0]["predictions"][0]["index"] == results[2]["predictions"][0]["index"]
 
 
+def test_gpu_benchmark_refuses_to_time_a_path_that_disagrees_with_fp32():
+    from benchmarks.gpu import Disagrees, check_agreement
+
+    reference = np.arange(100)
+    assert check_agreement("same", reference.copy(), reference) == 1.0
+    nan_like = np.zeros(100, dtype=int)  # what NaN logits give: argmax 0 for every photo
+    with pytest.raises(Disagrees, match="not timed"):
+        check_agreement("broken", nan_like, reference)
+
+
 # ---- on a GPU ----------------------------------------------------------------------------------
 
 
@@ -201,6 +211,46 @@ def test_cuda_graphs_fp16_agrees_with_fp32_eager(photos, standin_network):
         probabilities = torch.softmax(torch.from_numpy(logits), 1).numpy()
         assert (probabilities.argmax(1) == reference[:count].argmax(1)).mean() >= 0.95
         assert np.abs(probabilities - reference[:count]).max() < 0.05
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_graphs_keep_their_weights_when_freed_memory_is_reused(photos, standin_network):
+    """The graphs read the network's weights by address: once the constructor returns, nothing but the
+    backend may keep them alive. Freed GPU memory is refilled with NaN to make a dangling read show."""
+    import gc
+
+    backend = CudaGraphsBackend(
+        ModelSettings(weights="standin", backend="cuda-graphs", graph_batch_sizes=[1, 8]), resolve_weights("standin"), 4,
+    )
+    gc.collect()
+    torch.cuda.empty_cache()
+    filler = [torch.full((64, 1024, 1024), float("nan"), device="cuda") for _ in range(8)]  # 2 GiB of NaN
+    images = np.stack([load_image(p.read_bytes(), max_pixels=10**8) for p in photos[:8]])
+    logits = backend.infer(images)
+    del filler
+    with torch.inference_mode():
+        reference = standin_network(torch.from_numpy(images)).numpy()
+    assert np.isfinite(logits).all()
+    assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.95
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_batches_inferred_from_two_threads_at_once_get_their_own_answers(photos):
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = CudaGraphsBackend(
+        ModelSettings(weights="standin", backend="cuda-graphs", graph_batch_sizes=[4]), resolve_weights("standin"), 4,
+    )
+    images = np.stack([load_image(p.read_bytes(), max_pixels=10**8) for p in photos[:16]])
+    batches = [images[i : i + 4] for i in range(0, 16, 4)]
+    alone = [backend.infer(batch) for batch in batches]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(5):
+            together = list(pool.map(backend.infer, batches))
+            for a, b in zip(alone, together):
+                np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.gpu

@@ -4,11 +4,18 @@ A CUDA Graph replays a whole forward pass with one launch, which removes the per
 that dominates ResNet-18 at small and medium batches. Graphs have fixed shapes, so a batch is padded
 up to the nearest captured size (and one larger than the largest is split). All graphs are captured,
 and so warmed up, in the constructor: the replica reports ready only after that.
+
+A captured graph reads its weights and its static input and output by address and holds no
+reference to them: every replayer keeps the network alive (without it the weights were freed when
+the constructor returned, and replays read whatever reused that memory: NaN in every precision).
+Replays share static buffers and one memory pool, so they run one at a time per backend (the
+replica's two batched methods call `infer` from worker threads).
 """
 
 from __future__ import annotations
 
 import bisect
+import threading
 from typing import Callable
 
 import numpy as np
@@ -61,17 +68,18 @@ def capture_graphs(network: torch.nn.Module, sizes: list[int], device: torch.dev
         with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
             static_output = network(static_input)
         pool = graph.pool()
-        runners[size] = _replayer(graph, static_input, static_output)
+        runners[size] = _replayer(graph, static_input, static_output, network)
     torch.cuda.synchronize(device)
     return runners
 
 
-def _replayer(graph, static_input: torch.Tensor, static_output: torch.Tensor) -> Callable:
+def _replayer(graph, static_input: torch.Tensor, static_output: torch.Tensor, network: torch.nn.Module) -> Callable:
     def run(batch: torch.Tensor) -> torch.Tensor:
         static_input.copy_(batch)
         graph.replay()
         return static_output
 
+    run.network = network  # the graph's weights, alive as long as the graph can be replayed
     return run
 
 
@@ -92,10 +100,12 @@ class CudaGraphsBackend:
         network = build_network(source, settings).to(self._device, dtype=DTYPES[settings.precision])
         network = network.to(memory_format=torch.channels_last)
         self.batch_sizes = sorted(set(settings.graph_batch_sizes))
+        self._network = network
         self._run = PaddedRunner(capture_graphs(network, self.batch_sizes, self._device))
+        self._replaying = threading.Lock()
 
     def infer(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         batch = torch.as_tensor(images).to(self._device, non_blocking=True)
-        with torch.inference_mode():
-            # .cpu() waits for the replay, so the static output is read before the next batch.
+        with self._replaying, torch.inference_mode():
+            # .cpu() waits for the replay, so the static output is read before another batch replays.
             return self._run(batch).float().cpu().numpy()

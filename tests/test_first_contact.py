@@ -1,0 +1,165 @@
+"""The README's quickstart exactly as written: `SERVE_APP_WEIGHTS=standin make serve`, unmodified
+configs/cpu.yaml, port 8000, on whatever machine runs the tests (2 cores in CI); and the loud
+failures of configs that cannot fit the machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from serve_app.cache import CACHE_ENV_VAR
+from serve_app.launcher import port_is_free
+from serve_app.processes import process_name
+from tests.harness import REPO, healthz_ok, load_config, running, session_members, wait_ready
+
+pytestmark = pytest.mark.serve
+
+BASE_URL = "http://127.0.0.1:8000"  # configs/cpu.yaml's port, as a user reaches it
+READY_WITH_CACHE_S = 60
+STOPPED_WITHIN_S = 10
+
+
+@dataclass
+class Run:
+    log: str
+    ready_after_s: float
+    stopped_after_s: float
+    left_running: list[str]
+
+
+def serve_until_ready_then_ctrl_c(command: list[str], log_path: Path, env: dict[str, str], while_up=None) -> Run:
+    """Start `command` in a session of its own, wait for /healthz, run `while_up`, then do what Ctrl-C in
+    a terminal does (SIGINT to the foreground process group) and see what is still there afterwards."""
+    assert port_is_free("0.0.0.0", 8000), "port 8000 is taken: something else is serving there"
+    started = time.monotonic()
+
+    def says_ready_and_answers(base_url: str) -> bool:
+        return f"ready: {base_url}" in log_path.read_text(errors="replace") and healthz_ok(base_url)
+
+    with running(command, log_path, env) as process:
+        wait_ready(BASE_URL, process, 600, says_ready_and_answers)
+        ready_after = time.monotonic() - started
+        if while_up:
+            while_up()
+        interrupted = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        stopped_after = time.monotonic() - interrupted
+        left = [f"{pid} {process_name(pid)}" for pid in session_members(process.pid)]
+    return Run(log_path.read_text(errors="replace"), ready_after, stopped_after, left)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A cache of its own, so the first run really builds the stand-in and the artifacts."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def first_run(cache, tmp_path_factory) -> Run:
+    log = tmp_path_factory.mktemp("first") / "make-serve.log"
+    return serve_until_ready_then_ctrl_c(["make", "serve"], log, {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)})
+
+
+def test_first_make_serve_says_what_it_does_while_it_builds_its_cache(first_run):
+    lines = first_run.log.splitlines()
+
+    def index(fragment: str) -> int:
+        found = [i for i, line in enumerate(lines) if fragment in line]
+        assert found, f"{fragment!r} not in the output:\n{first_run.log}"
+        return found[0]
+
+    steps = [index(f"[{n}/4]") for n in range(1, 5)]
+    assert (
+        index("weights ok: standin") < index("Ray found") < index("building model artifacts")
+        < steps[0] < steps[1] < steps[2] < steps[3] < index("replicas starting") < index(f"ready: {BASE_URL}")
+    )
+    assert "curl -F file=@photo.jpg http://127.0.0.1:8000/v1/classify" in first_run.log
+    assert first_run.stopped_after_s < STOPPED_WITHIN_S and not first_run.left_running
+
+
+def test_make_serve_with_its_cache_is_ready_within_a_minute_answers_and_stops_on_ctrl_c(
+    first_run, cache, shared_images, tmp_path
+):
+    def answers():
+        health = httpx.get(f"{BASE_URL}/healthz", timeout=10).json()
+        assert health["model"]["standin"] is True and health["model"]["backend"] == "onnx-int8"
+        photo = shared_images[0]
+        response = httpx.post(f"{BASE_URL}/v1/classify", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")},
+                              timeout=30)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["predictions"]) == 3
+        page = httpx.get(f"{BASE_URL}/", timeout=10)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "<html" in page.text.lower()
+
+    run = serve_until_ready_then_ctrl_c(
+        ["make", "serve"], tmp_path / "make-serve.log", {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)},
+        while_up=answers,
+    )
+    print(f"make serve with its cache: ready after {run.ready_after_s:.1f}s, stopped {run.stopped_after_s:.1f}s "
+          "after Ctrl-C")
+    assert "building model artifacts" not in run.log
+    assert run.ready_after_s < READY_WITH_CACHE_S, run.log
+    assert run.stopped_after_s < STOPPED_WITHIN_S, run.log
+    assert not run.left_running, f"still running after Ctrl-C: {run.left_running}"
+    assert port_is_free("0.0.0.0", 8000)
+
+
+def fails(command: list[str], env: dict[str, str], timeout_s: float = 120) -> tuple[int, str, float]:
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    finally:
+        left = session_members(process.pid)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"left running: {left}"
+    return process.returncode, output, time.monotonic() - started
+
+
+def test_gpu_config_on_a_machine_without_a_gpu_fails_at_once_saying_what_to_use():
+    code, output, took = fails([sys.executable, "-m", "serve_app", "serve", "--config", "configs/gpu.yaml"],
+                               {"SERVE_APP_WEIGHTS": "standin"})
+    assert code == 1, output
+    assert "'Classifier' asks for" in output and "0.5 GPUs per replica" in output
+    assert "this machine has 0 GPU(s)" in output and "configs/cpu.yaml" in output
+    assert took < 60
+
+
+def test_config_kept_as_written_that_the_machine_cannot_hold_fails_within_a_minute(first_run, cache, tmp_path):
+    """The Classifier asks for every CPU of the machine and the Ingress for one more: one of them can
+    never be scheduled. Serve only logs that; the command must stop and say it."""
+    config = load_config()
+    cpus = os.cpu_count()
+    for deployment in config["applications"][0]["deployments"]:
+        deployment["ray_actor_options"]["num_cpus"] = cpus if deployment["name"] == "Classifier" else 1
+    path = tmp_path / "too-big.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, output, took = fails(
+        [sys.executable, "-m", "serve_app", "serve", "--as-written", "--config", str(path)],
+        {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)},
+    )
+    assert code == 1, output
+    pending = f"'Classifier' asks for {cpus} CPUs" if "'Classifier' asks for" in output else "'Ingress' asks for 1 CPU"
+    assert pending in output and "waited" in output, output
+    assert f"CPU: {cpus}" in output, output  # what the machine has
+    assert "Lower ray_actor_options" in output and str(path) in output
+    assert took < 60, output
+
