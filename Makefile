@@ -1,4 +1,4 @@
-# make serve   - install if needed, then serve configs/cpu.yaml on http://127.0.0.1:8000
+# make serve   - install if needed, then serve configs/cpu.yaml, fitted to this machine, on http://127.0.0.1:8000
 # make test    - install if needed, then run the whole test suite
 # make install - create .venv and install the package with its test extras, and Debian's Chromium
 #                (with a CJK font) for the page's browser tests

@@ -133,7 +133,12 @@ def deploy_to_cluster(config_path: Path, address: str) -> int:
     AppSettings.from_args(config["applications"][0].get("args"))  # a bad `args:` fails here, not on the cluster
     import ray
 
-    ray.init(address=address, namespace="serve", log_to_driver=False, logging_level="WARNING")
+    try:
+        ray.init(address=address, namespace="serve", log_to_driver=False, logging_level="WARNING")
+    except (ConnectionError, RuntimeError) as exc:
+        terminal.error(f"cannot reach a Ray cluster at {address} ({exc}); where `ray start` set a token, "
+                       "RAY_AUTH_MODE=token must be set here too")
+        return 2
     try:
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
         for warning in check_cluster_fit(config, nodes, str(config_path)):
@@ -273,15 +278,7 @@ def stop_local_ray() -> None:
         stopper = threading.Thread(target=ray.shutdown, daemon=True)
         stopper.start()
         stopper.join(STOP_BUDGET_S)
-    kill_all([pid for pid in started if pid in set(descendants(os.getpid())) or _alive(pid)])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    kill_all(started)  # those already gone are skipped
 
 
 def _interrupt(signum, frame) -> None:
