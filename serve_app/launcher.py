@@ -109,7 +109,7 @@ def serve_locally(config_path: Path, *, fit: bool = True) -> int:
         watch_until_running(config, str(config_path), terminal, base_url)
         terminal.say(f"ready: {base_url} (the page: open it in a browser). Ctrl-C stops it.")
         print(f"  curl -F file=@photo.jpg {base_url}/v1/classify", flush=True)
-        keep_reporting(config, str(config_path), terminal)
+        keep_reporting(terminal)
     except KeyboardInterrupt:
         terminal.say("stopping")
     except DoesNotFit as exc:
@@ -234,7 +234,7 @@ def watch_until_running(config: dict[str, Any], config_name: str, terminal: Term
     raise TimeoutError(f"not running after {READY_TIMEOUT_S:.0f}s")
 
 
-def keep_reporting(config: dict[str, Any], config_name: str, terminal: Terminal) -> None:
+def keep_reporting(terminal: Terminal) -> None:
     """Until interrupted: replica counts as autoscaling changes them, and deployments that turn unhealthy."""
     from ray import serve
 
