@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-
 from serve_app.settings import ModelSettings
 from serve_app.weights import WeightsError, resolve_weights
 

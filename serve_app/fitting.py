@@ -70,17 +70,21 @@ def demands(config: dict[str, Any]) -> list[Demand]:
     return found
 
 
+def minimum(wanted: list[Demand]) -> tuple[float, float]:
+    """CPUs and GPUs that the deployments' minimum replicas ask for together."""
+    return sum(d.min_replicas * d.cpus for d in wanted), sum(d.min_replicas * d.gpus for d in wanted)
+
+
 def fit_to_machine(config: dict[str, Any], cpus: float, gpus: float, config_name: str = "the config") -> Fitted:
     """The config with CPU shares and replica caps this one machine can hold, or DoesNotFit."""
     wanted = demands(config)
-    gpus_needed = sum(d.min_replicas * d.gpus for d in wanted)
+    cpus_needed, gpus_needed = minimum(wanted)
     if gpus_needed > gpus:
         needy = ", ".join(d.describe() for d in wanted if d.gpus)
         raise DoesNotFit(
             f"{config_name} does not fit this machine: {needy}, and this machine has {_amount(gpus)} GPU(s). "
             "Serve configs/cpu.yaml here (`make serve`), or run this config on a node with a GPU."
         )
-    cpus_needed = sum(d.min_replicas * d.cpus for d in wanted)
     scale = min(1.0, cpus / cpus_needed) if cpus_needed else 1.0
     fitted = copy.deepcopy(config)
     changes = []
@@ -128,8 +132,7 @@ def check_cluster_fit(config: dict[str, Any], nodes: list[dict[str, float]], con
             )
     total_cpus = sum(node.get("CPU", 0.0) for node in nodes)
     total_gpus = sum(node.get("GPU", 0.0) for node in nodes)
-    cpus_needed = sum(d.min_replicas * d.cpus for d in wanted)
-    gpus_needed = sum(d.min_replicas * d.gpus for d in wanted)
+    cpus_needed, gpus_needed = minimum(wanted)
     if cpus_needed > total_cpus or gpus_needed > total_gpus:
         return [
             f"the minimum replicas ask for {_amount(cpus_needed)} CPUs and {_amount(gpus_needed)} GPUs, and the "

@@ -92,7 +92,8 @@ def serve_locally(config_path: Path, *, fit: bool = True) -> int:
             os.environ.setdefault(name, value)
         terminal.say("starting a local Ray")
         ray.init(address="local", namespace="serve", log_to_driver=False, logging_level="WARNING")
-        cpus, gpus = ray.cluster_resources().get("CPU", 0.0), ray.cluster_resources().get("GPU", 0.0)
+        resources = ray.cluster_resources()
+        cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
         terminal.say(f"Ray found {cpus:g} CPUs and {gpus:g} GPUs on this machine")
         if fit:
             fitted = fit_to_machine(config, cpus, gpus, str(config_path))
@@ -100,16 +101,16 @@ def serve_locally(config_path: Path, *, fit: bool = True) -> int:
                 terminal.say(f"  {change}")
             config = fitted.config
         else:
-            for warning in check_cluster_fit(config, [ray.cluster_resources()], str(config_path)):
+            for warning in check_cluster_fit(config, [resources], str(config_path)):
                 terminal.say(f"warning: {warning}")
         prepare_artifacts(settings, source, gpus, terminal)
         base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         deploy(config)
         terminal.say("replicas starting")
-        watch_until_running(config, str(config_path), terminal, base_url)
+        reported = watch_until_running(config, str(config_path), terminal, base_url)
         terminal.say(f"ready: {base_url} (the page: open it in a browser). Ctrl-C stops it.")
         print(f"  curl -F file=@photo.jpg {base_url}/v1/classify", flush=True)
-        keep_reporting(terminal)
+        keep_reporting(terminal, reported)
     except KeyboardInterrupt:
         terminal.say("stopping")
     except DoesNotFit as exc:
@@ -203,8 +204,10 @@ def deploy(config: dict[str, Any]) -> None:
     client.deploy_apps(schema, _blocking=False)
 
 
-def watch_until_running(config: dict[str, Any], config_name: str, terminal: Terminal, base_url: str | None) -> None:
-    """Report replica counts as they change until every application runs (and /healthz answers)."""
+def watch_until_running(config: dict[str, Any], config_name: str, terminal: Terminal,
+                        base_url: str | None) -> dict[str, str]:
+    """Report replica counts as they change until every application runs (and /healthz answers);
+    returns the last line reported for each deployment."""
     from ray import serve
 
     reported: dict[str, str] = {}
@@ -229,19 +232,15 @@ def watch_until_running(config: dict[str, Any], config_name: str, terminal: Term
         names = [app["name"] for app in config["applications"]]
         if all(applications.get(name) and applications[name].status == "RUNNING" for name in names):
             if base_url is None or _healthy(base_url):
-                return
+                return reported
         time.sleep(0.5)
     raise TimeoutError(f"not running after {READY_TIMEOUT_S:.0f}s")
 
 
-def keep_reporting(terminal: Terminal) -> None:
-    """Until interrupted: replica counts as autoscaling changes them, and deployments that turn unhealthy."""
+def keep_reporting(terminal: Terminal, reported: dict[str, str]) -> None:
+    """Until interrupted: each deployment's replica counts and status whenever they change from `reported`."""
     from ray import serve
 
-    reported: dict[str, str] = {}
-    for app in serve.status().applications.values():
-        for name, deployment in app.deployments.items():
-            reported[name] = _replica_line(name, deployment)
     while True:
         time.sleep(2)
         for app in serve.status().applications.values():
@@ -257,9 +256,13 @@ def _report_replicas(name: str, deployment, reported: dict[str, str], terminal: 
 
 
 def _replica_line(name: str, deployment) -> str:
-    counts = ", ".join(f"{count} {str(getattr(state, 'value', state)).lower()}"
-                       for state, count in sorted(deployment.replica_states.items()) if count)
-    return f"  {name}: {counts or 'no replicas yet'} ({str(getattr(deployment.status, 'value', deployment.status)).lower()})"
+    counts = ", ".join(f"{count} {_word(state)}" for state, count in sorted(deployment.replica_states.items()) if count)
+    return f"  {name}: {counts or 'no replicas yet'} ({_word(deployment.status)})"
+
+
+def _word(state) -> str:
+    """A Serve state as one lower-case word: serve.status() gives enums or plain strings."""
+    return str(getattr(state, "value", state)).lower()
 
 
 def _healthy(base_url: str) -> bool:

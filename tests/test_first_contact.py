@@ -18,7 +18,7 @@ import yaml
 
 from serve_app.cache import CACHE_ENV_VAR
 from serve_app.launcher import port_is_free
-from serve_app.processes import process_name
+from serve_app.processes import kill_all, process_name
 from tests.harness import REPO, healthz_ok, load_config, running, session_members, wait_ready
 
 pytestmark = pytest.mark.serve
@@ -128,8 +128,7 @@ def fails(command: list[str], env: dict[str, str], timeout_s: float = 120) -> tu
         output, _ = process.communicate(timeout=timeout_s)
     finally:
         left = session_members(process.pid)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+        kill_all(left)
     assert not left, f"left running: {left}"
     return process.returncode, output, time.monotonic() - started
 

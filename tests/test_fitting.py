@@ -4,12 +4,12 @@ import math
 
 import pytest
 
-from serve_app.fitting import DoesNotFit, check_cluster_fit, demands, fit_to_machine, unschedulable_message
+from serve_app.fitting import DoesNotFit, check_cluster_fit, demands, fit_to_machine, minimum, unschedulable_message
 from tests.harness import deployment, load_config
 
 
 def minimum_cpus(config) -> float:
-    return sum(d.min_replicas * d.cpus for d in demands(config))
+    return minimum(demands(config))[0]
 
 
 def test_cpu_config_shrinks_its_cpu_shares_to_fit_two_cores():

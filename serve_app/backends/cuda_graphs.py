@@ -100,7 +100,6 @@ class CudaGraphsBackend:
         network = build_network(source, settings).to(self._device, dtype=DTYPES[settings.precision])
         network = network.to(memory_format=torch.channels_last)
         self.batch_sizes = sorted(set(settings.graph_batch_sizes))
-        self._network = network
         self._run = PaddedRunner(capture_graphs(network, self.batch_sizes, self._device))
         self._replaying = threading.Lock()
 
