@@ -21,8 +21,7 @@ import numpy as np
 
 from benchmarks.load import load_photos, run_load
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from tests.harness import free_port, processes_named, serve_run, sized_config
-from tests.test_scaling import CLASSIFIER_PROCESS, fast_autoscaling
+from benchmarks.harness import fast_autoscaling, free_port, processes_named, replica_title, serve_run, sized_config
 
 RAMP = [1, 4, 16, 32, 16, 4, 1, 0]  # concurrency per step; 0 = idle
 P99_WINDOW_S = 5
@@ -44,7 +43,7 @@ def main() -> None:
 
         def sample() -> None:
             while not stop.is_set():
-                samples.append((time.monotonic() - started, len(processes_named(CLASSIFIER_PROCESS))))
+                samples.append((time.monotonic() - started, len(processes_named(replica_title("Classifier")))))
                 time.sleep(1)
 
         sampler = threading.Thread(target=sample, daemon=True)

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from tests.harness import process_memory_mb, processes_named
+from benchmarks.harness import process_memory_mb, processes_named, replica_title
+from serve_app.settings import CPU_BACKENDS
 
-BACKENDS = ["torch", "torchscript", "onnx", "onnx-int8"]
+BACKENDS = list(CPU_BACKENDS)
 BATCH_SIZES = [1, 8, 16, 32]
 TARGETS = {"onnx_vs_torch": 1.3, "int8_vs_onnx": 2.0, "load_s": 1.5, "model_rss_mb": 400, "ingress_rss_mb": 250}
 
@@ -107,7 +108,7 @@ def measure_service_memory(weights: str, requests: int) -> dict[str, dict]:
     """Start the real service on onnx-int8, send traffic, read each replica process's memory."""
     import httpx
 
-    from tests.harness import SHARED_IMAGES, free_port, serve_run, sized_config
+    from benchmarks.harness import SHARED_IMAGES, free_port, serve_run, sized_config
 
     photos = sorted(SHARED_IMAGES.glob("*.JPEG"))
     with serve_run(sized_config(free_port(), weights=weights, backend="onnx-int8")) as url:
@@ -118,7 +119,7 @@ def measure_service_memory(weights: str, requests: int) -> dict[str, dict]:
         return {
             name: process_memory_mb(pids[0])
             for name in ("Ingress", "Classifier")
-            if (pids := processes_named(f"ServeReplica:classifier:{name}"))
+            if (pids := processes_named(replica_title(name)))
         }
 
 

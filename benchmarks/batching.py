@@ -21,7 +21,7 @@ import httpx
 from benchmarks.compare import ours, sized_for_two_cores
 from benchmarks.load import LoadResult, load_photos, sweep
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from tests.harness import deployment
+from benchmarks.harness import deployment
 
 # name -> (Classifier num_cpus, max_batch_size, batch_wait_timeout_s, max_ongoing_requests)
 VARIANTS = {

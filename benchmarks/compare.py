@@ -7,10 +7,16 @@ Systems: `ours` (configs/cpu.yaml via `serve run`, sized for this machine by `si
 `plain-serve` (benchmarks/baselines/plain_serve.py with Ray's defaults), `plain-serve+ray-settings`
 (the same with the Ray settings `python -m serve_app serve` uses; not a target), `flask`
 (benchmarks/baselines/flask_app.py under gunicorn, one worker per core, torch's default threads)
-and `flask-tuned` (the same with one torch thread per worker). Each is started, warmed up, swept
-over the concurrency levels and stopped before the next starts. Also measures the in-process
-ceiling (the fastest backend decoding and classifying in one process, no HTTP). Writes
-benchmarks/results/serving.{md,json,png}.
+and `flask-tuned` (the same with one torch thread per worker). Those run eager FP32 torch, so ours
+against them measures the serving design and INT8 together. `plain-serve-int8` and `flask-int8`
+(one thread per worker) run the very INT8 model ours serves: ours against them measures the
+serving design alone.
+
+Before timing a system, its answers for every shared photo are compared with torchvision's eager
+FP32 pipeline; a system whose top-1 agrees on fewer than MIN_TOP1_AGREEMENT of them is not timed.
+Each is started, checked, warmed up, swept over the concurrency levels and stopped before the next
+starts. Also measures the in-process ceiling (the fastest backend decoding and classifying in one
+process, no HTTP). Writes benchmarks/results/serving.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -29,10 +35,16 @@ import httpx
 
 from benchmarks.load import LoadResult, load_photos, plot, results_table, sweep
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from tests.harness import RAY_ENV, deployment, free_port, running, serve_run, sized_config, wait_ready
+from benchmarks.harness import RAY_ENV, deployment, free_port, running, serve_run, sized_config, wait_ready
 
 LEVELS = [1, 8, 32, 64]
 TARGETS = {"vs_flask": 3.0, "vs_plain": 2.0, "p99_over_p50_at_8": 3.0}
+MIN_TOP1_AGREEMENT = 0.9  # INT8 systems included; see benchmarks/results/int8_fidelity.md
+INT8 = {"BASELINE_BACKEND": "onnx-int8"}
+
+
+class Disagrees(RuntimeError):
+    """A system's answers differ from the reference too often to be worth timing."""
 
 
 def sized_for_two_cores(config: dict) -> None:
@@ -64,14 +76,15 @@ def ours(weights: str, edit=sized_for_two_cores) -> Iterator[str]:
 
 
 @contextmanager
-def plain_serve(weights: str, ray_env: dict[str, str] | None = None) -> Iterator[str]:
+def plain_serve(weights: str, ray_env: dict[str, str] | None = None, baseline_env: dict[str, str] | None = None
+                ) -> Iterator[str]:
     """Ray's defaults, as a user gets them, unless `ray_env` says otherwise."""
     port = free_port()
     config = {
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [{
             "name": "plain", "route_prefix": "/", "import_path": "benchmarks.baselines.plain_serve:app",
-            "runtime_env": {"env_vars": {"SERVE_APP_WEIGHTS": weights}},
+            "runtime_env": {"env_vars": {"SERVE_APP_WEIGHTS": weights, **(baseline_env or {})}},
         }],
     }
     with serve_run(config, ready=post_ok("/"), env=ray_env or {}) as url:
@@ -86,13 +99,19 @@ def plain_serve_with_our_ray_settings(weights: str) -> Iterator[str]:
 
 
 @contextmanager
-def flask(weights: str, torch_threads: int | None = None) -> Iterator[str]:
+def plain_serve_int8(weights: str) -> Iterator[str]:
+    with plain_serve(weights, baseline_env=INT8) as url:
+        yield url
+
+
+@contextmanager
+def flask(weights: str, threads: int | None = None, baseline_env: dict[str, str] | None = None) -> Iterator[str]:
     port = free_port()
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
     log = Path(tempfile.mkdtemp(prefix="flask-baseline-")) / "gunicorn.log"
     command = [gunicorn, "-w", str(os.cpu_count() or 1), "-b", f"127.0.0.1:{port}", "--timeout", "120",
                "benchmarks.baselines.flask_app:app"]
-    env = {"SERVE_APP_WEIGHTS": weights, **({"BASELINE_TORCH_THREADS": str(torch_threads)} if torch_threads else {})}
+    env = {"SERVE_APP_WEIGHTS": weights, **({"BASELINE_THREADS": str(threads)} if threads else {}), **(baseline_env or {})}
     with running(command, log, env=env) as process:
         wait_ready(f"http://127.0.0.1:{port}", process, 240, post_ok("/predict"))
         yield f"http://127.0.0.1:{port}/predict"
@@ -100,13 +119,50 @@ def flask(weights: str, torch_threads: int | None = None) -> Iterator[str]:
 
 @contextmanager
 def flask_tuned(weights: str) -> Iterator[str]:
-    with flask(weights, torch_threads=1) as url:
+    with flask(weights, threads=1) as url:
+        yield url
+
+
+@contextmanager
+def flask_int8(weights: str) -> Iterator[str]:
+    with flask(weights, threads=1, baseline_env=INT8) as url:
         yield url
 
 
 SYSTEMS = {"ours": ours, "plain-serve": plain_serve, "plain-serve+ray-settings": plain_serve_with_our_ray_settings,
-           "flask": flask, "flask-tuned": flask_tuned}
-BASELINES = ("plain-serve", "plain-serve+ray-settings", "flask", "flask-tuned")
+           "flask": flask, "flask-tuned": flask_tuned, "plain-serve-int8": plain_serve_int8, "flask-int8": flask_int8}
+EAGER_BASELINES = ("plain-serve", "plain-serve+ray-settings", "flask", "flask-tuned")
+SAME_BACKEND_BASELINES = ("plain-serve-int8", "flask-int8")
+BASELINES = EAGER_BASELINES + SAME_BACKEND_BASELINES
+
+
+def reference_labels(weights: str, photos) -> list[str]:
+    """torchvision's eager FP32 pipeline's top-1 label for each photo."""
+    from benchmarks.baselines.common import CATEGORIES, EagerModel
+
+    os.environ["SERVE_APP_WEIGHTS"] = weights
+    model = EagerModel()
+    return [CATEGORIES[int(model.logits([model.preprocess(data)])[0].argmax())] for _, data in photos]
+
+
+def agreement(url: str, photos, reference: list[str]) -> float:
+    """The share of photos whose top-1 label the system at `url` gives as the reference does."""
+    same = 0
+    with httpx.Client(timeout=60) as client:
+        for (name, data), expected in zip(photos, reference):
+            body = client.post(url, files={"file": (name, data, "image/jpeg")}).json()
+            top = body["predictions"][0] if isinstance(body, dict) else body[0]
+            same += top["label"] == expected
+    return same / len(photos)
+
+
+def check_agreement(name: str, url: str, photos, reference: list[str]) -> float:
+    share = agreement(url, photos, reference)
+    print(json.dumps({"target": name, "top1_agreement_with_eager_fp32": round(share, 3)}), flush=True)
+    if share < MIN_TOP1_AGREEMENT:
+        raise Disagrees(f"{name} agrees with torchvision's eager FP32 on {share:.0%} of the photos' top-1 "
+                        f"(at least {MIN_TOP1_AGREEMENT:.0%} needed): not timed")
+    return share
 
 
 def in_process_ceiling(weights: str, seconds: float) -> float:
@@ -144,21 +200,30 @@ def write_results(args, series: dict[str, list[LoadResult]], ceiling: float | No
     for name, results in series.items():
         sections += [f"## {name}", "", results_table(results), ""]
 
-    rows, checks = [], []
     levels = [r.concurrency for r in series.get("ours", [])]
-    for level in levels:
-        row = [level, f"{at('ours', level).req_s:.1f}"]
-        for other in BASELINES:
-            if other in series:
+    sections += ["## Agreement with torchvision's eager FP32 (top-1, all photos, checked before timing)", "",
+                 markdown_table(["system", "top-1 agreement"],
+                                [[name, f"{share:.0%}"] for name, share in args.agreement.items()]), ""]
+    kinds = [
+        ("Ours against eager FP32 baselines: the serving design and INT8 together", EAGER_BASELINES),
+        ("Ours against the same INT8 model served the simple ways: the serving design alone", SAME_BACKEND_BASELINES),
+    ]
+    for title, baselines in kinds:
+        present = [other for other in baselines if other in series]
+        if "ours" not in series or not present:
+            continue
+        header, rows = ["concurrency", "ours req/s"], []
+        for other in present:
+            header += [f"{other} req/s", f"ours / {other}"]
+        for level in levels:
+            row = [level, f"{at('ours', level).req_s:.1f}"]
+            for other in present:
                 base = at(other, level).req_s
                 row += [f"{base:.1f}", f"{at('ours', level).req_s / base:.2f}x" if base else "n/a"]
-        rows.append(row)
-    header = ["concurrency", "ours req/s"]
-    for other in BASELINES:
-        if other in series:
-            header += [f"{other} req/s", f"ours / {other}"]
-    sections += ["## Side by side", "", markdown_table(header, rows), ""]
+            rows.append(row)
+        sections += [f"## {title}", "", markdown_table(header, rows), ""]
 
+    checks = []
     if "ours" in series and 32 in levels:
         ours32 = at("ours", 32)
         for other, key in (("flask", "vs_flask"), ("flask-tuned", "vs_flask"), ("plain-serve", "vs_plain")):
@@ -205,9 +270,11 @@ def main() -> None:
     args.notes = ("\n" + args.notes.read_text()) if args.notes else ""
     levels = [int(x) for x in args.concurrency.split(",")]
     photos = load_photos()
-    series = {}
+    reference = reference_labels(args.weights, photos)
+    series, args.agreement = {}, {}
     for name in args.systems.split(","):
         with SYSTEMS[name](args.weights) as url:
+            args.agreement[name] = check_agreement(name, url, photos, reference)
             series[name] = sweep(url, levels, photos, seconds=args.seconds, label=name)
     ceiling = None if args.no_ceiling else in_process_ceiling(args.weights, seconds=3.0)
     print(write_results(args, series, ceiling).read_text())

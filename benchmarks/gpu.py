@@ -140,7 +140,7 @@ def served_top1(url: str, weights: str) -> tuple[list[int], list[int]]:
 
 
 def end_to_end(args) -> list[dict]:
-    from tests.harness import free_port, load_config, serve_run
+    from benchmarks.harness import free_port, load_config, serve_run
 
     config = load_config("gpu.yaml")
     config["http_options"].update(host="127.0.0.1", port=free_port())

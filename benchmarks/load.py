@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmarks.harness import SHARED_IMAGES
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
 
-SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 
 
 @dataclass

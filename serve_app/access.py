@@ -11,11 +11,9 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve_app.errors import UnauthorizedError
+from serve_app.routes import is_open
+from serve_app.scope import header, note_error, route_path
 from serve_app.settings import AuthSettings, IngressSettings
-
-# The page itself and the health check stay open: the page asks for the key, load balancers probe.
-OPEN_PATHS = ("/", "/healthz")
-OPEN_PREFIXES = ("/static/",)
 
 
 def key_matches(given: str, keys: Sequence[bytes]) -> bool:
@@ -25,22 +23,6 @@ def key_matches(given: str, keys: Sequence[bytes]) -> bool:
     for key in keys:
         matched |= hmac.compare_digest(candidate, key)
     return matched
-
-
-def route_path(scope: Scope) -> str:
-    """The path below the application's route prefix."""
-    path, prefix = scope["path"], scope.get("root_path", "")
-    if prefix and path.startswith(prefix):
-        return path[len(prefix):] or "/"
-    return path
-
-
-def header(scope: Scope, name: bytes) -> str | None:
-    """A request header's first value (`name` in lower case, as ASGI gives them)."""
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -57,7 +39,7 @@ class ApiKeyMiddleware:
         self.keys = list(keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._is_open(route_path(scope)):
+        if scope["type"] != "http" or is_open(route_path(scope)):
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope)
@@ -69,14 +51,13 @@ class ApiKeyMiddleware:
                 else "the API key is not valid"
             )
             challenge = 'Bearer realm="serve-app"' + ("" if missing else ', error="invalid_token"')
-            response = JSONResponse(error.as_json(), status_code=401, headers={"WWW-Authenticate": challenge})
+            note_error(scope, error.code)
+            response = JSONResponse(
+                error.as_json(), status_code=error.status, headers={"WWW-Authenticate": challenge}
+            )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-    @staticmethod
-    def _is_open(path: str) -> bool:
-        return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def access_middleware(ingress: IngressSettings, auth: AuthSettings) -> list[Middleware]:

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +39,33 @@ Progress = Callable[[str], None]
 EXPORT_STEPS = 4
 
 
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How the FP32 ONNX graph becomes INT8: static QDQ, per-channel int8 weights, uint8 activations
+    with min-max ranges from the calibration photos, and these choices on top.
+    benchmarks/int8_fidelity.py measures each recipe against FP32."""
+
+    name: str
+    fp32_op_types: tuple[str, ...] = ()  # every node of these types stays in FP32
+    fp32_first_conv: bool = False
+    # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 in pairs summed into int16, which
+    # can saturate with full 8-bit weights; ONNX Runtime suggests reduce_range there.
+    reduce_range: bool = False
+    unsigned_weights: bool = False  # uint8 weights (U8U8): no saturation, but slower kernels
+
+
+RECIPES = {recipe.name: recipe for recipe in (
+    Int8Recipe("all-int8"),
+    Int8Recipe("classifier-fp32", fp32_op_types=("Gemm",)),
+    Int8Recipe("classifier-fp32-7bit", fp32_op_types=("Gemm",), reduce_range=True),
+    Int8Recipe("classifier-and-stem-fp32", fp32_op_types=("Gemm",), fp32_first_conv=True),
+    Int8Recipe("classifier-fp32-u8u8", fp32_op_types=("Gemm",), unsigned_weights=True),
+)}
+# The most faithful recipe that keeps 2x FP32's speed (benchmarks/results/int8_fidelity.md). Its
+# name is part of the artifact cache key, so changing it rebuilds cached artifacts.
+SERVED_RECIPE = RECIPES["classifier-fp32"]
+
+
 def export_artifacts(settings: ModelSettings, out_dir: Path, progress: Progress = lambda step: None) -> dict:
     import torch
 
@@ -53,18 +81,15 @@ def export_artifacts(settings: ModelSettings, out_dir: Path, progress: Progress 
     with torch.no_grad():
         progress(f"[2/{EXPORT_STEPS}] TorchScript")
         torch.jit.freeze(torch.jit.trace(network, example)).save(str(out_dir / ARTIFACT_FILES["torchscript"]))
-        progress(f"[3/{EXPORT_STEPS}] ONNX FP32")
-        torch.onnx.export(
-            network, (example,), str(out_dir / ARTIFACT_FILES["onnx"]), dynamo=False,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
+    progress(f"[3/{EXPORT_STEPS}] ONNX FP32")
+    export_onnx(network, out_dir / ARTIFACT_FILES["onnx"])
     progress(f"[4/{EXPORT_STEPS}] ONNX INT8, calibrated on photos")
     quantize_int8(out_dir / ARTIFACT_FILES["onnx"], out_dir / ARTIFACT_FILES["onnx-int8"],
                   calibration_batch(settings.calibration_images))
     manifest = {
         "weights": source.describe(),
         "calibration_sha256": calibration_identity(settings.calibration_images),
+        "int8_recipe": SERVED_RECIPE.name,
         "artifacts": {
             backend: {"file": name, "sha256": file_sha256(out_dir / name)} for backend, name in ARTIFACT_FILES.items()
         },
@@ -73,8 +98,22 @@ def export_artifacts(settings: ModelSettings, out_dir: Path, progress: Progress 
     return manifest
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, photos) -> None:
-    """Static QDQ quantization: per-channel int8 weights, uint8 activations calibrated on photos."""
+def export_onnx(network, path: Path, example_size: int = 224) -> None:
+    """The network (uint8 NHWC in, logits out) as FP32 ONNX with a dynamic batch size."""
+    import torch
+
+    example = torch.zeros(2, example_size, example_size, 3, dtype=torch.uint8)
+    with torch.no_grad():
+        torch.onnx.export(
+            network, (example,), str(path), dynamo=False,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, photos, recipe: Int8Recipe = SERVED_RECIPE) -> None:
+    """Static QDQ quantization, calibrated on `photos` (uint8 NHWC), the way `recipe` says."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -88,9 +127,15 @@ def quantize_int8(fp32_path: Path, int8_path: Path, photos) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
+        nodes = onnx.load(str(prepared)).graph.node
+        kept = [node.name for node in nodes if node.op_type in recipe.fp32_op_types]
+        if recipe.fp32_first_conv:
+            kept.append(next(node.name for node in nodes if node.op_type == "Conv"))
         quantize_static(
             str(prepared), str(int8_path), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QUInt8 if recipe.unsigned_weights else QuantType.QInt8, nodes_to_exclude=kept,
+            reduce_range=recipe.reduce_range,
         )
 
 
@@ -119,8 +164,8 @@ def artifact_path(settings: ModelSettings, source: WeightsSource, backend: str, 
     from serve_app.cache import cache_folder
     from serve_app.calibration import calibration_identity
 
-    # INT8 ranges depend on the calibration photos as well as the weights.
-    key = f"{source.sha256[:16]}-{calibration_identity(settings.calibration_images)[:8]}"
+    # INT8 ranges depend on the calibration photos and the recipe as well as the weights.
+    key = f"{source.sha256[:16]}-{calibration_identity(settings.calibration_images)[:8]}-{SERVED_RECIPE.name}"
     folder = cache_folder(settings.cache_dir) / "artifacts" / key
     if not (folder / MANIFEST).is_file():
         build_in_child_process(settings, folder, progress)

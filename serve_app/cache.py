@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-CACHE_ENV_VAR = "SERVE_APP_CACHE"
+from serve_app.settings import CACHE_ENV_VAR, environment
 
 
 def cache_folder(configured: str | None = None) -> Path:
     """The configured folder, else $SERVE_APP_CACHE, else ~/.cache/serve_app."""
     default = Path.home() / ".cache" / "serve_app"
-    return Path(configured or os.environ.get(CACHE_ENV_VAR) or default).expanduser()
+    return Path(configured or environment(CACHE_ENV_VAR) or default).expanduser()

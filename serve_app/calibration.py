@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
+from serve_app.settings import CALIBRATION_ENV_VAR, environment
 from serve_app.weights import WeightsError
 
-IMAGES_ENV_VAR = "SERVE_APP_CALIBRATION_IMAGES"
 CALIBRATION_IMAGES = 32
 _REPO_SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -17,12 +16,12 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 def calibration_files(configured: str | None = None) -> list[Path]:
     """The first 32 photos (by name) of the configured folder, $SERVE_APP_CALIBRATION_IMAGES,
     or the shared/images folder beside the repository."""
-    folder = Path(configured or os.environ.get(IMAGES_ENV_VAR) or _REPO_SHARED_IMAGES).expanduser()
+    folder = Path(configured or environment(CALIBRATION_ENV_VAR) or _REPO_SHARED_IMAGES).expanduser()
     files = sorted(p for p in folder.glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
     if not files:
         raise WeightsError(
             f"calibration needs real photos, but {folder} holds none. "
-            f"Set `calibration_images` or {IMAGES_ENV_VAR} to a folder of JPEGs."
+            f"Set `calibration_images` or {CALIBRATION_ENV_VAR} to a folder of JPEGs."
         )
     return files[:CALIBRATION_IMAGES]
 

@@ -1,9 +1,10 @@
-"""The model deployment: batches preprocessed images with @serve.batch and returns probabilities.
+"""The model deployment: batches requests' images with @serve.batch and answers each request's top k.
 
-The batched call is list-in, list-out over uint8 224x224x3 arrays the ingress already validated,
-so one bad upload can never fail a batch. Top-k and labels are per-request and belong to the
-ingress. Inference runs in a worker thread so the replica keeps accepting requests (and the next
-batch keeps filling) while the current one computes.
+A request arrives as one ImageBatch (all its images, uint8 224x224x3 pixels the ingress already
+validated, plus JPEGs to decode here where `decode_on_replica`), so one bad upload can never fail
+a batch, and leaves as one TopK: k indices and scores per image, not 1,000 probabilities. Labels
+belong to the ingress. Inference runs in a worker thread so the replica keeps accepting requests
+(and the next batch keeps filling) while the current one computes.
 
 The batch wait adapts to load: a request that finds the replica empty starts its batch at once,
 so a lone request is never held; one that finds other requests already inside (queued or
@@ -23,12 +24,23 @@ import ray
 from ray import serve
 
 from serve_app.backends import load_backend
-from serve_app.predictions import softmax
+from serve_app.errors import ServiceError
+from serve_app.predictions import ImageBatch, TopK, best_k, softmax
 from serve_app.settings import BatchSettings, ModelSettings
 from serve_app.telemetry import ModelMetrics
 from serve_app.weights import resolve_weights
 
 _DEFAULT_BATCH = BatchSettings()
+
+
+def top_k_rows(rows: list[np.ndarray | ServiceError], k: int) -> TopK:
+    """One request's answer: the top k of each row of probabilities, and the rows that are errors."""
+    errors = {i: row for i, row in enumerate(rows) if isinstance(row, ServiceError)}
+    if not errors:
+        return best_k(np.stack(rows), k)
+    filler = np.zeros(1000, np.float32)
+    ranked = best_k(np.stack([filler if i in errors else row for i, row in enumerate(rows)]), k)
+    return TopK(ranked.indices, ranked.scores, errors)
 
 
 def replica_cpu_count() -> int:
@@ -68,33 +80,38 @@ class Classifier:
 
     def reconfigure(self, user_config: dict) -> None:
         self._batch = BatchSettings.model_validate(user_config or {})
-        for batched in (self._classify_batch, self._classify_jpeg_batch):
-            batched.set_max_batch_size(self._batch.max_batch_size)
+        self._classify_batch.set_max_batch_size(self._batch.max_batch_size)
 
-    async def classify(self, image: np.ndarray) -> np.ndarray:
-        """Class probabilities for one preprocessed image, computed in a batch."""
-        return await self._in_batch(self._classify_batch, image)
-
-    async def classify_jpeg(self, encoded: bytes) -> np.ndarray | dict:
-        """Probabilities for one JPEG the ingress only validated, or an {"error": ...} when it won't decode."""
-        return await self._in_batch(self._classify_jpeg_batch, encoded)
-
-    async def _in_batch(self, batched, item):
-        # Set before enqueueing: the batch loop reads the wait when this item starts a batch.
-        batched.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s if self._inside else 0.0)
+    async def classify(self, images: ImageBatch) -> TopK:
+        """The top k of each image of one request, computed in a batch with other requests' images."""
+        # Set before enqueueing: the batch loop reads the wait when this request starts a batch.
+        self._classify_batch.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s if self._inside else 0.0)
         self._inside += 1
         try:
-            return await batched(item)
+            return await self._classify_batch(images)
         finally:
             self._inside -= 1
 
     @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=0.0)
-    async def _classify_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return list(await self._probabilities(np.stack(images)))
+    async def _classify_batch(self, requests: list[ImageBatch]) -> list[TopK]:
+        """Every request's pixels as one batch (in chunks of max_batch_size images), and every JPEG
+        to decode here as another; then each request's rows back, as top k."""
+        pixels = np.concatenate([r.pixels for r in requests])
+        probabilities = [await self._probabilities(pixels[i : i + self._batch.max_batch_size])
+                         for i in range(0, len(pixels), self._batch.max_batch_size)]
+        pixel_probabilities = np.concatenate(probabilities) if probabilities else np.empty((0, 1000), np.float32)
+        jpegs = [jpeg for r in requests for jpeg in r.jpegs]
+        decoded = await self._decoded_probabilities(jpegs) if jpegs else []
+        answers, pixel_row, jpeg_row = [], 0, 0
+        for request in requests:
+            rows = list(pixel_probabilities[pixel_row : pixel_row + len(request.pixels)])
+            rows += decoded[jpeg_row : jpeg_row + len(request.jpegs)]
+            pixel_row, jpeg_row = pixel_row + len(request.pixels), jpeg_row + len(request.jpegs)
+            answers.append(top_k_rows(rows, request.k))
+        return answers
 
-    @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=0.0)
-    async def _classify_jpeg_batch(self, encoded: list[bytes]) -> list[np.ndarray | dict]:
-        """Decoded here, on the backend's device, as one batch."""
+    async def _decoded_probabilities(self, encoded: list[bytes]) -> list[np.ndarray | ServiceError]:
+        """JPEGs decoded here, on the backend's device, as one batch: each one's probabilities or error."""
         from serve_app.device_imaging import decode_batch, in_batch_order
 
         if self._decode_device is None:

@@ -25,7 +25,7 @@ from serve_app.imaging import CROP_SIZE, RESIZE_SIZE, load_image
 class DecodedBatch:
     images: torch.Tensor | None  # uint8 (M, 224, 224, 3) on the device, for the M that decoded
     order: list[int]  # batch index of each row of `images`
-    errors: dict[int, dict]  # batch index -> {"error": {"code", "message"}} for the ones that did not
+    errors: dict[int, ServiceError]  # batch index -> why, for the ones that did not
 
 
 def preprocess_tensor(image: torch.Tensor) -> torch.Tensor:
@@ -60,10 +60,10 @@ def decode_batch(encoded: list[bytes], device: torch.device) -> DecodedBatch:
             else:
                 row = preprocess_tensor(image)
         except ServiceError as error:
-            errors[index] = error.as_json()
+            errors[index] = error
             continue
         except Exception as exc:  # anything else about this one image must not fail its batch
-            errors[index] = CorruptImageError(f"the image could not be decoded: {exc}").as_json()
+            errors[index] = CorruptImageError(f"the image could not be decoded: {exc}")
             continue
         rows.append(row)
         order.append(index)

@@ -1,8 +1,9 @@
-"""Client errors as types. Each has a stable `code`; the ingress maps types to HTTP statuses."""
+"""Client errors as types. Each has a stable `code` and its HTTP `status`: the one status table."""
 
 
 class ServiceError(Exception):
     code = "bad_request"
+    status = 400
 
     def __init__(self, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -39,52 +40,50 @@ class TooManyImagesError(ServiceError):
 
 class UploadTooLargeError(ServiceError):
     code = "upload_too_large"
+    status = 413
 
 
 class ImageTooLargeError(ServiceError):
     code = "image_too_large"
+    status = 413
 
 
 class UnsupportedMediaTypeError(ServiceError):
     code = "unsupported_media_type"
+    status = 415
 
 
 class UnauthorizedError(ServiceError):
     """No API key, or not a valid one, where keys are configured (401)."""
 
     code = "unauthorized"
+    status = 401
 
 
 class RequestTimeoutError(ServiceError):
     """The upload did not arrive within request_timeout_s (408)."""
 
     code = "request_timeout"
+    status = 408
 
 
 class ProcessingTimeoutError(ServiceError):
     """The model did not answer within request_timeout_s (504)."""
 
     code = "timeout"
+    status = 504
 
 
 class OverloadedError(ServiceError):
     """The model deployment's queue is full: try again shortly (503 with Retry-After)."""
 
     code = "overloaded"
+    status = 503
 
 
 class ModelUnavailableError(ServiceError):
     """No model replica could answer, even after retries (503 with Retry-After)."""
 
     code = "model_unavailable"
+    status = 503
 
-
-def error_from_json(body: dict) -> ServiceError:
-    """The error an {"error": {"code", "message"}} body stands for (it crossed a process boundary as data)."""
-    error = body["error"]
-    by_code = {kind.code: kind for kind in _all_subclasses(ServiceError)}
-    return by_code.get(error["code"], ServiceError)(error["message"])
-
-
-def _all_subclasses(kind: type) -> list[type]:
-    return [sub for direct in kind.__subclasses__() for sub in (direct, *_all_subclasses(direct))]

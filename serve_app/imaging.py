@@ -104,7 +104,7 @@ def decode_image(data: bytes, *, max_pixels: int, draft: bool = True) -> Image.I
         image.draft(image.mode, (DRAFT_MIN_SIDE, DRAFT_MIN_SIDE))
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # no copy of an upright image
         return to_rgb(image)
     except ImageTooLargeError:
         raise

@@ -169,11 +169,8 @@ def port_is_free(host: str, port: int) -> bool:
 def prepare_artifacts(settings: AppSettings, source, gpus: float, terminal: Terminal) -> None:
     """Build what the backend loads into the cache now, with progress, rather than silently in a replica."""
     from serve_app.artifacts import ARTIFACT_FILES, artifact_path
-    from serve_app.backends import AUTO_CPU_BACKEND
 
-    backend = settings.model.backend
-    if backend == "auto" and not gpus:
-        backend = AUTO_CPU_BACKEND
+    backend = settings.model.resolved_backend("cuda" if gpus else "cpu")
     if backend not in ARTIFACT_FILES:
         return
     started = time.monotonic()

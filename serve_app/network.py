@@ -8,7 +8,7 @@ import torch
 from torchvision.models import resnet18
 
 from serve_app.imaging import MEAN, STD
-from serve_app.settings import ModelSettings
+from serve_app.settings import DeviceName, ModelSettings, resolve_device
 from serve_app.standin import standin_state_dict
 from serve_app.weights import WeightsError, WeightsSource
 
@@ -43,11 +43,5 @@ def build_network(source: WeightsSource, settings: ModelSettings) -> ResNet18Cla
     return ResNet18Classifier(resnet).eval()
 
 
-def torch_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+def torch_device(name: DeviceName) -> torch.device:
+    return torch.device(resolve_device(name))

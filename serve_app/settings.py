@@ -1,24 +1,67 @@
 """Typed settings: the `args:` of a Serve config and the model deployment's `user_config`.
 
-Every default and limit of the service lives here, once. Ray-managed knobs (replicas,
-autoscaling, resources, `max_ongoing_requests`) stay under the config's `deployments:`.
+Every default and limit of the service lives here, once: the backend names, how `auto` picks a
+device and a backend, and the environment variables the service reads. Ray-managed knobs
+(replicas, autoscaling, resources, `max_ongoing_requests`) stay under the config's `deployments:`.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+# Environment variables: the weights and artifacts ones override the config (a container image
+# says where its baked-in files are), the API keys replace the config's list (a secret store hands
+# them over), and the calibration and cache ones are defaults the config can still set.
 WEIGHTS_ENV_VAR = "SERVE_APP_WEIGHTS"
 ARTIFACTS_ENV_VAR = "SERVE_APP_ARTIFACTS"
 MODEL_ENV_OVERRIDES = {WEIGHTS_ENV_VAR: "weights", ARTIFACTS_ENV_VAR: "artifacts_dir"}
 API_KEYS_ENV_VAR = "SERVE_APP_API_KEYS"
+CALIBRATION_ENV_VAR = "SERVE_APP_CALIBRATION_IMAGES"
+CACHE_ENV_VAR = "SERVE_APP_CACHE"
 
-BackendName = Literal["auto", "torch", "torchscript", "onnx", "onnx-int8", "cuda-graphs"]
+# Every backend, by name (serve_app/backends registers a class for each).
+BACKENDS = {
+    "torch": "eager PyTorch",
+    "torchscript": "TorchScript",
+    "onnx": "ONNX Runtime FP32",
+    "onnx-int8": "ONNX Runtime, static INT8",
+    "cuda-graphs": "GPU only: half precision, channels-last, CUDA Graphs per batch size",
+}
+CPU_BACKENDS = ("torch", "torchscript", "onnx", "onnx-int8")
+# What `backend: auto` runs, by device: the fastest in benchmarks/results/backends.md on CPU.
+AUTO_BACKENDS = {"cpu": "onnx-int8", "cuda": "cuda-graphs", "mps": "torch"}
+
+BackendName = Literal[("auto", *BACKENDS)]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 PrecisionName = Literal["fp16", "bf16", "fp32"]
+
+
+def environment(var: str) -> str | None:
+    """One of the service's environment variables, or None when unset or empty."""
+    return os.environ.get(var) or None
+
+
+def resolve_device(device: DeviceName) -> Literal["cpu", "cuda", "mps"]:
+    """`auto` is CUDA where this process has a GPU (Ray's assignment inside a replica; outside Ray,
+    an NVIDIA driver showing a GPU), else the CPU. MPS is used only when named: `auto` backends are
+    chosen for CUDA. Never imports torch, so ONNX replicas stay without it."""
+    if device != "auto":
+        return device
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return "cuda" if ray.get_gpu_ids() else "cpu"
+    except Exception:
+        pass
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return "cpu"
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return "cuda" if gpus.is_dir() and any(gpus.iterdir()) else "cpu"
 
 
 class _Strict(BaseModel):
@@ -36,22 +79,20 @@ class ModelSettings(_Strict):
     )
     backend: BackendName = Field(
         "torch",
-        description=(
-            "'torch', 'torchscript', 'onnx', 'onnx-int8', 'cuda-graphs' (GPU only: half precision, channels-last, "
-            "CUDA Graphs per batch size), or 'auto' (onnx-int8 on CPU, cuda-graphs on a GPU)."
-        ),
+        description="; ".join(f"'{name}': {what}" for name, what in BACKENDS.items())
+        + f"; 'auto': {AUTO_BACKENDS['cpu']} on CPU, {AUTO_BACKENDS['cuda']} on a CUDA GPU.",
     )
-    device: DeviceName = Field("auto", description="'auto' picks CUDA, then MPS, then CPU.")
+    device: DeviceName = Field("auto", description="'auto' picks CUDA where the replica has a GPU, else the CPU.")
     calibration_images: str | None = Field(
         None,
         description=(
             "Folder of photos the stand-in's batch norm and the INT8 quantization calibrate on. "
-            "Default: $SERVE_APP_CALIBRATION_IMAGES, else the shared/images folder beside the repo."
+            f"Default: ${CALIBRATION_ENV_VAR}, else the shared/images folder beside the repo."
         ),
     )
     cache_dir: str | None = Field(
         None,
-        description="Where built stand-ins and artifacts are cached. Default: $SERVE_APP_CACHE or ~/.cache/serve_app.",
+        description=f"Where built stand-ins and artifacts are cached. Default: ${CACHE_ENV_VAR} or ~/.cache/serve_app.",
     )
     artifacts_dir: str | None = Field(
         None,
@@ -77,6 +118,12 @@ class ModelSettings(_Strict):
             "headers; other images, and any nvJPEG refuses, take the CPU path."
         ),
     )
+
+    def resolved_backend(self, device: str | None = None) -> str:
+        """The backend to run, with `auto` resolved for `device` (default: this process's device)."""
+        if self.backend != "auto":
+            return self.backend
+        return AUTO_BACKENDS[device or resolve_device(self.device)]
 
 
 class IngressSettings(_Strict):
@@ -129,12 +176,12 @@ class AppSettings(_Strict):
         container image can say where its baked-in weights and artifacts are, and a secret store can
         hand over the API keys ($SERVE_APP_API_KEYS)."""
         settings = cls.model_validate(args or {})
-        overrides = {field: os.environ[var] for var, field in MODEL_ENV_OVERRIDES.items() if os.environ.get(var)}
+        overrides = {field: environment(var) for var, field in MODEL_ENV_OVERRIDES.items() if environment(var)}
         if overrides:
             model = ModelSettings.model_validate({**settings.model.model_dump(), **overrides})
             settings = settings.model_copy(update={"model": model})
-        if os.environ.get(API_KEYS_ENV_VAR):
-            keys = [key.strip() for key in os.environ[API_KEYS_ENV_VAR].split(",") if key.strip()]
+        if environment(API_KEYS_ENV_VAR):
+            keys = [key.strip() for key in environment(API_KEYS_ENV_VAR).split(",") if key.strip()]
             settings = settings.model_copy(update={"auth": AuthSettings(api_keys=keys)})
         return settings
 

@@ -50,13 +50,15 @@ def standin_state_dict(configured_images: str | None = None, configured_cache: s
     return state
 
 
-def build_standin_state_dict(configured_images: str | None = None) -> dict:
+def build_standin_state_dict(configured_images: str | None = None, seed: int = SEED) -> dict:
+    """The stand-in built from the first 32 photos of a folder; another seed or folder builds a
+    different network the same way (benchmarks/int8_fidelity.py's second network)."""
     import torch
     from torchvision.models import resnet18
 
     from serve_app.imaging import MEAN, STD
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     net = resnet18(weights=None).double()
     photos = calibration_batch(configured_images)
     mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
@@ -79,11 +81,11 @@ def build_standin_state_dict(configured_images: str | None = None) -> dict:
                 module.bias.mul_(RESIDUAL_SCALE)
         net.fc = torch.nn.Identity()
         features = torch.cat([net(chunk) for chunk in chunks])
-    net.fc = prototype_classifier(features)
+    net.fc = prototype_classifier(features, seed)
     return {k: v.float() if v.is_floating_point() else v for k, v in net.state_dict().items()}
 
 
-def prototype_classifier(features):
+def prototype_classifier(features, seed: int = SEED):
     """A linear layer that answers, for each image, the class of the most similar calibration photo.
 
     Pooled features of a random network share one large common direction, so they are centred on
@@ -93,7 +95,7 @@ def prototype_classifier(features):
     """
     import torch
 
-    generator = torch.Generator().manual_seed(SEED)
+    generator = torch.Generator().manual_seed(seed)
     mean = features.mean(dim=0)
     prototypes = torch.nn.functional.normalize(features - mean, dim=1)
     weight = torch.randn(NUM_CLASSES, features.shape[1], generator=generator, dtype=features.dtype)

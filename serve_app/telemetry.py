@@ -13,22 +13,15 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.access import header, route_path
+from serve_app.routes import route_label
+from serve_app.scope import header, route_path
 
 # Serve's own logger: its handlers write to the replica's log file, as JSON when the config's
 # logging_config says `encoding: JSON`, and they add the request id, route and replica.
 request_log = logging.getLogger("ray.serve")
 
-ROUTES = ("/v1/classify", "/predict", "/healthz", "/v1/labels", "/")
 SECONDS_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-
-
-def route_label(path: str) -> str:
-    """A bounded set of route names, so scanners probing random paths can't grow the metrics."""
-    if path in ROUTES:
-        return path
-    return "/static" if path.startswith("/static/") else "other"
 
 
 class IngressMetrics:
@@ -68,7 +61,8 @@ class ModelMetrics:
 
 
 class RequestTelemetry:
-    """ASGI middleware: counts every answer by route and status and logs it with its request id."""
+    """ASGI middleware, the outermost: counts every answer by route and status, and every refusal noted
+    with note_error by its code, and logs the request with its request id."""
 
     def __init__(self, app: ASGIApp, metrics: IngressMetrics):
         self.app = app
@@ -92,12 +86,15 @@ class RequestTelemetry:
         finally:
             route = route_label(route_path(scope))
             self.metrics.requests.inc(tags={"route": route, "status": str(status)})
+            error_codes = scope.get("state", {}).get("error_codes", [])
+            for code in error_codes:
+                self.metrics.rejected(code)
             fields = {
                 "request_id": header(scope, b"x-request-id"),
                 "method": scope["method"],
                 "route": route,
                 "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                "error": scope.get("state", {}).get("error_code"),
+                "error": ",".join(error_codes) or None,
             }
             request_log.info("%s %s %s", scope["method"], route, status, extra={"serve_app": fields})

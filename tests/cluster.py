@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from serve_app.processes import descendants, kill_all, process_name, processes
-from tests.harness import REPO, free_port
+from benchmarks.harness import REPO, free_port
 
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
 SERVE_CLI = str(Path(sys.executable).with_name("serve"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.processes import process_name, processes
-from tests.harness import SHARED_IMAGES
+from benchmarks.harness import SHARED_IMAGES
 
 # What a Ray node and Serve's HTTP front leave behind when a test does not stop them.
 CLUSTER_PROCESSES = ("raylet", "gcs_server", "haproxy")

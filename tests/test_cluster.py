@@ -12,7 +12,7 @@ import pytest
 
 from serve_app.launcher import RAY_ENV
 from tests.cluster import LocalCluster
-from tests.harness import QUICK_SHUTDOWN_ENV, SHARED_IMAGES, SteadyLoad, deployment, free_port, sized_config, wait_until
+from benchmarks.harness import QUICK_SHUTDOWN_ENV, SHARED_IMAGES, SteadyLoad, deployment, free_port, sized_config, wait_until
 
 pytestmark = pytest.mark.cluster
 

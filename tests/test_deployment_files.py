@@ -13,7 +13,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.launcher import RAY_ENV
-from tests.harness import REPO
+from benchmarks.harness import REPO
 
 sys.path.insert(0, str(REPO / "k8s"))
 import render  # noqa: E402  (k8s/render.py, a script)
@@ -99,9 +99,7 @@ def test_cluster_shape(flavor):
 
 def test_dockerfile_matches_the_package():
     from serve_app.__main__ import main  # noqa: F401  (the CLI the Dockerfile calls)
-    from serve_app.cache import CACHE_ENV_VAR
-    from serve_app.calibration import IMAGES_ENV_VAR
-    from serve_app.settings import ARTIFACTS_ENV_VAR
+    from serve_app.settings import ARTIFACTS_ENV_VAR, CACHE_ENV_VAR, CALIBRATION_ENV_VAR
 
     dockerfile = (REPO / "Dockerfile").read_text()
     base = re.search(r"ARG RAY_IMAGE=rayproject/ray:([\d.]+)-", dockerfile).group(1)
@@ -109,7 +107,7 @@ def test_dockerfile_matches_the_package():
     for source in re.findall(r"^COPY (?!--from)(.+?) \S+$", dockerfile, flags=re.M):
         for path in source.split():
             assert (REPO / path).exists(), f"Dockerfile copies {path}, which is not in the repository"
-    for variable in (CACHE_ENV_VAR, IMAGES_ENV_VAR, ARTIFACTS_ENV_VAR, "TORCH_HOME", *RAY_ENV):
+    for variable in (CACHE_ENV_VAR, CALIBRATION_ENV_VAR, ARTIFACTS_ENV_VAR, "TORCH_HOME", *RAY_ENV):
         assert re.search(rf"\b{variable}=", dockerfile), f"the image must set {variable}"
     commands = set(re.findall(r"python -m serve_app ([a-z-]+)", dockerfile))
     help_text = subprocess.run([sys.executable, "-m", "serve_app", "--help"], capture_output=True, text=True).stdout

@@ -16,10 +16,10 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.cache import CACHE_ENV_VAR
+from serve_app.settings import CACHE_ENV_VAR
 from serve_app.launcher import port_is_free
 from serve_app.processes import kill_all, process_name
-from tests.harness import REPO, healthz_ok, load_config, running, session_members, wait_ready
+from benchmarks.harness import REPO, healthz_ok, load_config, running, session_members, wait_ready
 
 pytestmark = pytest.mark.serve
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from serve_app.fitting import DoesNotFit, check_cluster_fit, demands, fit_to_machine, minimum, unschedulable_message
-from tests.harness import deployment, load_config
+from benchmarks.harness import deployment, load_config
 
 
 def minimum_cpus(config) -> float:

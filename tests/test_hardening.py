@@ -20,7 +20,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.harness import RAY_ENV, SteadyLoad, deployment, free_port, serve_run, sized_config, wait_until
+from benchmarks.harness import RAY_ENV, SteadyLoad, deployment, free_port, serve_run, sized_config, wait_until
 from tests.hostile import corpus, mutated_uploads, send
 
 pytestmark = pytest.mark.serve

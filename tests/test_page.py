@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.harness import REPO, free_port, serve_run, sized_config
+from benchmarks.harness import REPO, free_port, serve_run, sized_config
 
 pytestmark = [pytest.mark.serve, pytest.mark.browser]
 

@@ -9,28 +9,15 @@ import time
 import httpx
 import pytest
 
-from tests.harness import SteadyLoad, deployment, free_port, processes_named, serve_run, sized_config, wait_until
+from benchmarks.harness import (
+    SteadyLoad, deployment, fast_autoscaling, free_port, processes_named, replica_title, serve_run, sized_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.serve
 
-CLASSIFIER_PROCESS = "ServeReplica:classifier:Classifier"
-
-
 def model_replicas() -> int:
-    return len(processes_named(CLASSIFIER_PROCESS))
-
-
-def fast_autoscaling(config: dict) -> None:
-    """configs/cpu.yaml's autoscaling, with delays short enough for a test and 2 replicas on 2 cores."""
-    classifier = deployment(config, "Classifier")
-    classifier["autoscaling_config"].update(
-        min_replicas=1, max_replicas=2, initial_replicas=1, target_ongoing_requests=2,
-        upscale_delay_s=1, downscale_delay_s=4, metrics_interval_s=0.5, look_back_period_s=2,
-    )
-    classifier["ray_actor_options"]["num_cpus"] = 0.5
-    ingress = deployment(config, "Ingress")
-    ingress.pop("autoscaling_config", None)
-    ingress["num_replicas"] = 1
+    return len(processes_named(replica_title("Classifier")))
 
 
 def test_model_deployment_scales_up_under_load_and_back_down(shared_images):

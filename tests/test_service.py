@@ -1,13 +1,20 @@
-"""End to end: the real `serve run configs/cpu.yaml` (sized for 2 cores), real HTTP on 127.0.0.1."""
+"""End to end: the real `serve run configs/cpu.yaml` (sized for 2 cores), real HTTP on 127.0.0.1.
+
+Also the contract over real Ray Serve: the OpenAPI description fuzzed with schemathesis, and the
+Open Inference Protocol spoken by Triton's own client (`tritonclient[http]`).
+"""
 
 import asyncio
+from collections import Counter
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.harness import deployment, free_port, serve_run, sized_config
-from tests.images import png_header_only, truncated
+from benchmarks.harness import deployment, free_port, processes_named, replica_title, serve_run, sized_config
+from serve_app.imaging import load_image
+from tests.images import truncated
+from tests.test_api import BAD_REQUESTS
 
 pytestmark = pytest.mark.serve
 
@@ -146,21 +153,8 @@ def test_labels_route_lists_1000_classes_in_both_languages(service):
     assert body["labels"][970] == {"index": 970, "label": "alp", "label_zh": "高山"}
 
 
-BAD_INPUTS = {
-    "no file field": (dict(files={"other": ("a.jpg", b"x", "image/jpeg")}), 400, "no_file"),
-    "text field named file": (dict(data={"file": "hello"}, files={"x": ("y", b"", "text/plain")}), 400, "no_file"),
-    "no body at all": (dict(), 400, "no_file"),
-    "empty raw body": (dict(content=b"", headers={"content-type": "image/png"}), 400, "no_file"),
-    "empty file": (dict(files={"file": ("a.jpg", b"", "image/jpeg")}), 400, "empty_image"),
-    "corrupt image": (dict(files={"file": ("a.png", b"\x89PNG\r\n\x1a\n" + b"\x01" * 64, "image/png")}), 400, "corrupt_image"),
-    "not an image": (dict(files={"file": ("a.jpg", b"%PDF-1.7 not a photo", "image/jpeg")}), 415, "unsupported_media_type"),
-    "json body": (dict(json={"image": "base64?"}), 415, "unsupported_media_type"),
-    "decompression bomb": (dict(files={"file": ("bomb.png", png_header_only(50_000, 50_000), "image/png")}), 413, "image_too_large"),
-    "over the upload limit": (dict(content=b"\xff\xd8\xff" + b"\0" * (10 * 1024 * 1024), headers={"content-type": "image/jpeg"}), 413, "upload_too_large"),
-    "top_k not a number": (dict(params={"top_k": "many"}, files={"file": ("a", b"x", "image/jpeg")}), 400, "invalid_parameter"),
-    "top_k out of range": (dict(params={"top_k": 1001}, files={"file": ("a", b"x", "image/jpeg")}), 400, "invalid_parameter"),
-    "malformed multipart": (dict(content=b"--xyz\r\nbroken", headers={"content-type": "multipart/form-data; boundary=xyz"}), 400, None),
-}
+# The in-process contract's bad requests (tests/test_api.py), sent here over real Serve and HTTP.
+BAD_INPUTS = BAD_REQUESTS
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
@@ -169,9 +163,7 @@ def test_bad_input_gets_a_json_4xx_and_the_service_keeps_serving(service, shared
     response = httpx.post(f"{service}/v1/classify", timeout=60, **kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert error["message"]
-    if code:
-        assert error["code"] == code
+    assert error["message"] and error["code"] == code
     assert classify(service, shared_images[0]).status_code == 200
 
 
@@ -183,7 +175,7 @@ def test_truncated_jpeg_is_a_400(service, shared_images):
 
 
 def test_unknown_route_and_wrong_method_are_json_errors(service):
-    missing = httpx.get(f"{service}/v2/nothing")
+    missing = httpx.get(f"{service}/v1/nothing")
     wrong = httpx.get(f"{service}/v1/classify")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
@@ -196,3 +188,81 @@ def test_by_default_no_origin_is_allowed_and_no_key_is_needed(service, shared_im
     answer = classify(service, shared_images[0])
     assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
     assert answer.headers["x-request-id"]
+
+
+# ---- the contract: the live service fuzzed from its OpenAPI description, and spoken to by Triton's
+# own client over the Open Inference Protocol ---------------------------------------------------
+
+CASES_PER_OPERATION = 60
+
+
+def replica_pids() -> set[int]:
+    return {pid for name in ("Ingress", "Classifier") for pid in processes_named(replica_title(name))}
+
+
+def v1_top1(service: str, photos) -> list[int]:
+    with httpx.Client(timeout=60) as client:
+        return [client.post(f"{service}/v1/classify", files={"file": (p.name, p.read_bytes(), "image/jpeg")})
+                .json()["predictions"][0]["index"] for p in photos]
+
+
+def test_tritonclient_classifies_encoded_images_like_v1(service, shared_images):
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=service.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("resnet18")
+    assert client.get_model_metadata("resnet18")["platform"] == "onnxruntime_onnx"  # the fixture's ONNX FP32
+    photos = shared_images[40:48]
+    images = triton.InferInput("images", [len(photos)], "BYTES")
+    images.set_data_from_numpy(np.array([p.read_bytes() for p in photos], dtype=np.object_))  # binary, by default
+    answer = client.infer("resnet18", [images], outputs=[triton.InferRequestedOutput("probabilities")])
+    probabilities = answer.as_numpy("probabilities")
+    assert probabilities.shape == (8, 1000) and np.allclose(probabilities.sum(1), 1, atol=1e-3)
+    assert list(probabilities.argmax(1)) == v1_top1(service, photos)
+
+    top3 = client.infer("resnet18", [images], outputs=[triton.InferRequestedOutput("probabilities", class_count=3)])
+    rows = top3.as_numpy("probabilities")
+    assert rows.shape == (8, 3)
+    assert [int(row[0].decode().split(":")[1]) for row in rows] == list(probabilities.argmax(1))
+
+
+def test_tritonclient_sends_uint8_pixels(service, shared_images):
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=service.removeprefix("http://"))
+    photos = shared_images[48:52]
+    pixels = np.stack([load_image(p.read_bytes(), max_pixels=10**8) for p in photos])
+    tensor = triton.InferInput("pixels", list(pixels.shape), "UINT8")
+    tensor.set_data_from_numpy(pixels)
+    answer = client.infer("resnet18", [tensor])
+    assert list(answer.as_numpy("probabilities").argmax(1)) == v1_top1(service, photos)
+    with pytest.raises(triton.InferenceServerException, match="image 0"):
+        bad = triton.InferInput("images", [1], "BYTES")
+        bad.set_data_from_numpy(np.array([b"\xff\xd8\xff" + b"\0" * 100], dtype=np.object_))
+        client.infer("resnet18", [bad])
+
+
+def test_schemathesis_finds_no_server_error_and_no_answer_off_the_spec(service):
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import positive_data_acceptance
+
+    schema = schemathesis.openapi.from_url(f"{service}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    before, ran = replica_pids(), Counter()
+    for operation in operations:
+
+        @settings(max_examples=CASES_PER_OPERATION, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def fuzz(case):
+            ran[operation.label] += 1
+            # Every check but "schema-valid data is accepted": random bytes fit the schema of an image
+            # upload (no schema can say "decodable"), and the service rightly answers them 415.
+            case.call_and_validate(base_url=service, timeout=60, excluded_checks=[positive_data_acceptance])
+
+        fuzz()
+    print(f"schemathesis: {sum(ran.values())} cases over {len(ran)} operations: {dict(ran)}")
+    assert set(ran) == {operation.label for operation in operations}, "every operation was fuzzed"
+    assert replica_pids() == before, "a replica restarted during the fuzzing"
+    assert httpx.get(f"{service}/healthz", timeout=10).status_code == 200

@@ -5,8 +5,8 @@ import pytest
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.settings import AppSettings, BatchSettings
-from tests.harness import deployment, load_config
+from serve_app.settings import BACKENDS, CPU_BACKENDS, AppSettings, BatchSettings, ModelSettings, resolve_device
+from benchmarks.harness import deployment, load_config
 
 
 @pytest.mark.parametrize("name", ["cpu.yaml", "gpu.yaml"])
@@ -64,3 +64,20 @@ def test_builder_makes_an_ingress_over_a_classifier():
 def test_ingress_side_never_imports_torch():
     code = "import sys, serve_app.app, serve_app.ingress; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_every_backend_named_in_settings_has_a_class_and_auto_picks_by_device():
+    from serve_app.backends import REGISTRY, backend_class
+
+    assert REGISTRY.keys() == BACKENDS.keys() and set(CPU_BACKENDS) < BACKENDS.keys()
+    auto = ModelSettings(backend="auto")
+    assert (auto.resolved_backend("cpu"), auto.resolved_backend("cuda")) == ("onnx-int8", "cuda-graphs")
+    assert ModelSettings(backend="onnx").resolved_backend("cuda") == "onnx", "a named backend is kept"
+    assert backend_class(ModelSettings(backend="auto", device="cpu")).name == "onnx-int8"
+
+
+def test_auto_device_is_cuda_only_with_a_gpu_and_never_mps():
+    assert resolve_device("mps") == "mps" and resolve_device("cpu") == "cpu"
+    import torch
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")

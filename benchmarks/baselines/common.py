@@ -1,34 +1,77 @@
-"""What both baselines share: the eager torchvision model and its reference preprocessing, loaded
-the way a user would (torchvision's weights API), with the same weights as the service."""
+"""What both baselines share: the model and its preprocessing, loaded the way a user would, with
+the same weights as the service.
+
+BASELINE_BACKEND picks the model: `torch` (default) is the eager torchvision model with its own
+`weights.transforms()`, as tutorials write it; `onnx-int8` is the very INT8 model ours serves
+(serve_app's ONNX Runtime backend and artifact), fed by the same torchvision resize and crop, so a
+comparison with it measures the serving design alone. BASELINE_THREADS sets the threads per
+process (default: the library's own).
+"""
 
 from __future__ import annotations
 
 import io
 import os
 
+import numpy as np
 import torch
 from PIL import Image
+from torchvision import transforms
 from torchvision.models import ResNet18_Weights, resnet18
 
 WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
 CATEGORIES = WEIGHTS.meta["categories"]
 TRANSFORMS = WEIGHTS.transforms()
+GEOMETRY = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])  # TRANSFORMS' own
 
 
-def load_eager_model() -> torch.nn.Module:
-    """Official weights, or the stand-in when SERVE_APP_WEIGHTS=standin (offline benchmarks)."""
-    if os.environ.get("SERVE_APP_WEIGHTS") == "standin":
-        from serve_app.standin import standin_state_dict
-
-        model = resnet18()
-        model.load_state_dict(standin_state_dict())
-    else:
-        model = resnet18(weights=WEIGHTS)
-    return model.eval()
+def threads() -> int | None:
+    return int(os.environ["BASELINE_THREADS"]) if os.environ.get("BASELINE_THREADS") else None
 
 
-def image_tensor(data: bytes) -> torch.Tensor:
-    return TRANSFORMS(Image.open(io.BytesIO(data)).convert("RGB"))
+def weights_spec() -> str:
+    return "standin" if os.environ.get("SERVE_APP_WEIGHTS") == "standin" else "torchvision"
+
+
+class EagerModel:
+    def __init__(self):
+        if threads():
+            torch.set_num_threads(threads())
+        if weights_spec() == "standin":
+            from serve_app.standin import standin_state_dict
+
+            self.network = resnet18()
+            self.network.load_state_dict(standin_state_dict())
+        else:
+            self.network = resnet18(weights=WEIGHTS)
+        self.network.eval()
+
+    def preprocess(self, data: bytes) -> torch.Tensor:
+        return TRANSFORMS(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    def logits(self, images: list) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.network(torch.stack(images))
+
+
+class Int8Model:
+    def __init__(self):
+        from serve_app.backends import load_backend
+        from serve_app.settings import ModelSettings
+        from serve_app.weights import resolve_weights
+
+        settings = ModelSettings(weights=weights_spec(), backend="onnx-int8", device="cpu")
+        self.backend = load_backend(settings, resolve_weights(settings.weights), threads() or os.cpu_count() or 1)
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        return np.asarray(GEOMETRY(Image.open(io.BytesIO(data)).convert("RGB")), dtype=np.uint8)
+
+    def logits(self, images: list) -> torch.Tensor:
+        return torch.from_numpy(self.backend.infer(np.stack(images)))
+
+
+def load_model() -> EagerModel | Int8Model:
+    return Int8Model() if os.environ.get("BASELINE_BACKEND") == "onnx-int8" else EagerModel()
 
 
 def top3(logits: torch.Tensor) -> list[dict]:

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from serve_app.settings import ModelSettings
+from serve_app.settings import BACKENDS, ModelSettings
 from serve_app.weights import WeightsSource
 
 
@@ -23,39 +23,19 @@ class Backend(Protocol):
     def infer(self, images: np.ndarray) -> np.ndarray: ...
 
 
-_REGISTRY = {
+REGISTRY = {
     "torch": "serve_app.backends.torch_eager:TorchEagerBackend",
     "torchscript": "serve_app.backends.torchscript:TorchScriptBackend",
     "onnx": "serve_app.backends.onnx_runtime:OnnxRuntimeBackend",
     "onnx-int8": "serve_app.backends.onnx_runtime:OnnxRuntimeInt8Backend",
     "cuda-graphs": "serve_app.backends.cuda_graphs:CudaGraphsBackend",
 }
-# Fastest on CPU in benchmarks/results/backends.md; on a GPU, half precision with CUDA Graphs.
-AUTO_CPU_BACKEND = "onnx-int8"
-AUTO_GPU_BACKEND = "cuda-graphs"
-
-
-def has_gpu(device: str) -> bool:
-    if device != "auto":
-        return device in ("cuda", "mps")
-    try:
-        import ray
-
-        return bool(ray.get_gpu_ids())
-    except Exception:
-        return False
-
-
-def backend_name(settings: ModelSettings) -> str:
-    """The configured backend, with `auto` resolved for this replica's device."""
-    if settings.backend != "auto":
-        return settings.backend
-    return AUTO_GPU_BACKEND if has_gpu(settings.device) else AUTO_CPU_BACKEND
+assert REGISTRY.keys() == BACKENDS.keys(), "every backend named in settings.BACKENDS has a class, and only those"
 
 
 def backend_class(settings: ModelSettings) -> type:
     """The configured backend's class; importing it imports its runtime (torch or ONNX Runtime)."""
-    module_name, class_name = _REGISTRY[backend_name(settings)].split(":")
+    module_name, class_name = REGISTRY[settings.resolved_backend()].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 

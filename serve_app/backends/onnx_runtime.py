@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serve_app.artifacts import INPUT_NAME, OUTPUT_NAME, artifact_path
-from serve_app.settings import ModelSettings
+from serve_app.settings import ModelSettings, resolve_device
 from serve_app.weights import WeightsSource
 
 
@@ -21,7 +21,7 @@ class OnnxRuntimeBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.onnx_spinning else "0")
-        wants_cuda = settings.device in ("cuda", "auto") and "CUDAExecutionProvider" in ort.get_available_providers()
+        wants_cuda = resolve_device(settings.device) == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
         path = artifact_path(settings, source, self.name)
         self._session = ort.InferenceSession(str(path), options, providers=providers)

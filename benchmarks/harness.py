@@ -74,6 +74,24 @@ def sized_config(
 
 
 
+def replica_title(deployment_name: str) -> str:
+    """The process title Ray gives a replica of the app's deployment (`ray::ServeReplica:<app>:<name>`)."""
+    return f"ServeReplica:classifier:{deployment_name}"
+
+
+def fast_autoscaling(config: dict) -> None:
+    """configs/cpu.yaml's autoscaling, with delays short enough for a test and 2 replicas on 2 cores."""
+    classifier = deployment(config, "Classifier")
+    classifier["autoscaling_config"].update(
+        min_replicas=1, max_replicas=2, initial_replicas=1, target_ongoing_requests=2,
+        upscale_delay_s=1, downscale_delay_s=4, metrics_interval_s=0.5, look_back_period_s=2,
+    )
+    classifier["ray_actor_options"]["num_cpus"] = 0.5
+    ingress = deployment(config, "Ingress")
+    ingress.pop("autoscaling_config", None)
+    ingress["num_replicas"] = 1
+
+
 def healthz_ok(base_url: str) -> bool:
     return httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200
 
@@ -84,25 +102,31 @@ def serve_run(
     startup_timeout_s: float = 240.0,
     ready: Callable[[str], bool] = healthz_ok,
     env: dict[str, str] | None = None,
+    source: Path = REPO,
 ) -> Iterator[str]:
-    """Start `serve run` on `config` in its own session; yield the base URL once ready."""
+    """Start `serve run` on `config` in its own session; yield the base URL once ready. `source` is
+    the checkout whose serve_app runs (another one is put first on every Ray process's path)."""
     workdir = Path(tempfile.mkdtemp(prefix="serve-app-test-"))
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     serve_cli = Path(sys.executable).with_name("serve")
     env = {**QUICK_SHUTDOWN_ENV, **(RAY_ENV if env is None else env)}
-    with running([str(serve_cli), "run", str(config_path)], workdir / "serve.log", env) as process:
+    if source != REPO:
+        env["PYTHONPATH"] = str(source)
+    with running([str(serve_cli), "run", str(config_path)], workdir / "serve.log", env, cwd=source) as process:
         wait_ready(f"http://127.0.0.1:{config['http_options']['port']}", process, startup_timeout_s, ready)
         yield f"http://127.0.0.1:{config['http_options']['port']}"
 
 
 @contextmanager
-def running(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """Run `command` from the repository root in its own session; stop all of it afterwards."""
+def running(
+    command: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path = REPO
+) -> Iterator[subprocess.Popen]:
+    """Run `command` from the repository root (or `cwd`) in its own session; stop all of it afterwards."""
     base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SERVE_APP_WEIGHTS")}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, cwd=REPO, env={**base_env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            command, cwd=cwd, env={**base_env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         process.log_path = log_path

@@ -1,0 +1,113 @@
+"""How the ingress reaches the model: decode where the settings say, one Ray call per request,
+retries when a replica dies, and 503s when the model's queue is full.
+
+`ModelClient` is what the HTTP app (api.py) needs; `RayModelClient` is the real one, over a Serve
+deployment handle. Where to decode is decided from the settings when the app is built: the
+ingress decodes and sends uint8 pixels, or, with `model.decode_on_replica` (GPUs), it checks each
+header and sends plain JPEGs' bytes for the replicas to decode on their device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from serve_app.errors import ModelUnavailableError, OverloadedError, ServiceError
+from serve_app.imaging import is_plain_jpeg, load_image, open_image
+from serve_app.predictions import CROP_SHAPE, ImageBatch, TopK
+from serve_app.settings import AppSettings
+
+REPLICA_FAILURE_RETRIES = 4
+# Serve sends a call's arguments inline over gRPC, whose messages a replica caps at 4 MiB
+# (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH). A larger request (many images, or a big JPEG for
+# the replica to decode) goes by reference through Ray's object store instead.
+INLINE_LIMIT_BYTES = 3 * 1024 * 1024
+
+
+class ModelClient(Protocol):
+    async def classify(self, images: Sequence[bytes], k: int) -> TopK:
+        """The top k of each encoded image; an image that cannot be classified has its error in TopK.errors."""
+
+    async def classify_pixels(self, pixels: np.ndarray, k: int) -> TopK:
+        """The top k of each of the caller's own uint8 (N, 224, 224, 3) images."""
+
+    async def info(self) -> dict[str, Any]:
+        """What the model replica says about itself (weights, backend, device, batching)."""
+
+
+class RayModelClient:
+    def __init__(self, handle, settings: AppSettings, on_decoded: Callable[[float], None] = lambda seconds: None):
+        self._handle = handle
+        self._handle_by_reference = handle.options(_by_reference=True)
+        self._ingress = settings.ingress
+        self._replicas_decode = settings.model.decode_on_replica
+        self._on_decoded = on_decoded
+
+    async def classify(self, images: Sequence[bytes], k: int) -> TopK:
+        prepared = await asyncio.gather(*(asyncio.to_thread(self._prepare, data) for data in images))
+        pixel_rows = [i for i, p in enumerate(prepared) if isinstance(p, np.ndarray)]
+        jpeg_rows = [i for i, p in enumerate(prepared) if isinstance(p, bytes)]
+        errors = {i: p for i, p in enumerate(prepared) if isinstance(p, ServiceError)}
+        rows = pixel_rows + jpeg_rows  # the order the replica answers in
+        if not rows:
+            return _assemble(len(images), k, rows, None, errors)
+        pixels = np.stack([prepared[i] for i in pixel_rows]) if pixel_rows else np.empty((0, *CROP_SHAPE), np.uint8)
+        answer = await self._call(ImageBatch(pixels, tuple(prepared[i] for i in jpeg_rows), k))
+        return _assemble(len(images), k, rows, answer, errors)
+
+    async def classify_pixels(self, pixels: np.ndarray, k: int) -> TopK:
+        return await self._call(ImageBatch(pixels, (), k))
+
+    async def info(self) -> dict[str, Any]:
+        return await self._handle.info.remote()
+
+    def _prepare(self, data: bytes) -> np.ndarray | bytes | ServiceError:
+        """uint8 pixels decoded here, or a plain JPEG's bytes for the replica to decode, or the error."""
+        started = time.perf_counter()
+        try:
+            if self._replicas_decode and is_plain_jpeg(open_image(data, max_pixels=self._ingress.max_image_pixels)):
+                return data
+            pixels = load_image(data, max_pixels=self._ingress.max_image_pixels, draft=self._ingress.draft_decode)
+        except ServiceError as error:
+            return error
+        self._on_decoded(time.perf_counter() - started)
+        return pixels
+
+    async def _call(self, batch: ImageBatch) -> TopK:
+        """Classify on some model replica. A replica that dies mid-request (its node lost, its process
+        killed) is retried on another: classification has no side effects."""
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError
+
+        handle = self._handle_by_reference if batch.nbytes > INLINE_LIMIT_BYTES else self._handle
+        for attempt in range(REPLICA_FAILURE_RETRIES):
+            try:
+                return await handle.classify.remote(batch)
+            except BackPressureError:
+                raise OverloadedError(
+                    "the service is at capacity (model queue full): retry after the Retry-After delay",
+                    headers={"Retry-After": str(self._ingress.retry_after_s)},
+                ) from None
+            except RayActorError:  # includes ActorDiedError and ActorUnavailableError
+                await asyncio.sleep(0.1 * 2**attempt)
+        raise ModelUnavailableError(
+            "no model replica could answer (replicas are being replaced): retry after the Retry-After delay",
+            headers={"Retry-After": str(self._ingress.retry_after_s)},
+        )
+
+
+def _assemble(size: int, k: int, rows: list[int], answer: TopK | None, errors: dict[int, ServiceError]) -> TopK:
+    """The replica's answer (in `rows` order) and the errors found here, back in upload order."""
+    indices = np.zeros((size, k), np.int32)
+    scores = np.zeros((size, k), np.float32)
+    errors = dict(errors)
+    if answer is not None:
+        k = answer.indices.shape[1]
+        indices, scores = indices[:, :k], scores[:, :k]
+        indices[rows] = answer.indices
+        scores[rows] = answer.scores
+        errors.update({rows[row]: error for row, error in answer.errors.items()})
+    return TopK(indices, scores, errors)
