@@ -94,14 +94,17 @@ class Classifier:
 
     @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=0.0)
     async def _classify_batch(self, requests: list[ImageBatch]) -> list[TopK]:
-        """Every request's pixels as one batch (in chunks of max_batch_size images), and every JPEG
-        to decode here as another; then each request's rows back, as top k."""
+        """Every request's pixels as one batch, and every JPEG to decode here as another, each run in
+        chunks of max_batch_size images (a request may carry many); then each request's rows back,
+        as top k."""
+        chunk = self._batch.max_batch_size
         pixels = np.concatenate([r.pixels for r in requests])
-        probabilities = [await self._probabilities(pixels[i : i + self._batch.max_batch_size])
-                         for i in range(0, len(pixels), self._batch.max_batch_size)]
+        probabilities = [await self._probabilities(pixels[i : i + chunk]) for i in range(0, len(pixels), chunk)]
         pixel_probabilities = np.concatenate(probabilities) if probabilities else np.empty((0, 1000), np.float32)
         jpegs = [jpeg for r in requests for jpeg in r.jpegs]
-        decoded = await self._decoded_probabilities(jpegs) if jpegs else []
+        decoded = []
+        for i in range(0, len(jpegs), chunk):
+            decoded += await self._decoded_probabilities(jpegs[i : i + chunk])
         answers, pixel_row, jpeg_row = [], 0, 0
         for request in requests:
             rows = list(pixel_probabilities[pixel_row : pixel_row + len(request.pixels)])
