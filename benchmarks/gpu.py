@@ -30,23 +30,10 @@ import time
 import numpy as np
 
 from benchmarks.load import load_photos, run_load
-from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
+from benchmarks.report import RESULTS, Disagrees, check_agreement, command_line, machine_line, markdown_table
 
 BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 MIN_TOP1_AGREEMENT = 0.99
-
-
-class Disagrees(SystemExit):
-    """A path whose answers differ from the FP32 reference: it is not timed."""
-
-
-def check_agreement(label: str, top1, reference_top1) -> float:
-    agreement = float(np.mean(np.asarray(top1) == np.asarray(reference_top1)))
-    print(f"{label}: top-1 agreement with eager FP32 {agreement:.1%} on {len(reference_top1)} photos", flush=True)
-    if agreement < MIN_TOP1_AGREEMENT:
-        raise Disagrees(f"{label} agrees with eager FP32 on {agreement:.1%} of top-1 answers "
-                        f"(at least {MIN_TOP1_AGREEMENT:.0%} needed): not timed, nothing written")
-    return agreement
 
 
 def model_only(seconds_per_point: float) -> list[dict]:
@@ -71,7 +58,7 @@ def model_only(seconds_per_point: float) -> list[dict]:
     logits = graphs.infer(every_photo)
     if not np.isfinite(logits).all():
         raise Disagrees("cuda-graphs answered NaN or infinity: not timed, nothing written")
-    check_agreement("cuda-graphs fp16", logits.argmax(1), reference.argmax(1))
+    check_agreement("cuda-graphs fp16", logits.argmax(1), reference.argmax(1), MIN_TOP1_AGREEMENT)
     rows = []
     for size in BATCH_SIZES:
         batch = np.stack([photos[i % len(photos)] for i in range(size)])
@@ -148,7 +135,7 @@ def end_to_end(args) -> list[dict]:
     rows = []
     with serve_run(config, startup_timeout_s=600) as base_url:
         url = f"{base_url}/v1/classify"
-        check_agreement("configs/gpu.yaml through HTTP", *served_top1(url, args.weights))
+        check_agreement("configs/gpu.yaml through HTTP", *served_top1(url, args.weights), MIN_TOP1_AGREEMENT)
         asyncio.run(run_load(url, 16, load_photos(), requests=200))  # warm-up
         for images_per_request in (1, 16):
             for concurrency in args.concurrency:

@@ -1,4 +1,5 @@
-"""What every benchmark writes beside its numbers: the machine, the command, tables, process memory."""
+"""What every benchmark writes beside its numbers: the machine, the command, tables; and the check
+that refuses to time a path whose answers disagree with the reference."""
 
 from __future__ import annotations
 
@@ -9,6 +10,20 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Disagrees(SystemExit):
+    """A path whose answers differ from the FP32 reference: it is not timed, nothing is written."""
+
+
+def check_agreement(label: str, answers, reference, minimum: float) -> float:
+    """The share of `answers` (top-1 indices or labels) equal to the reference's; Disagrees under `minimum`."""
+    agreement = sum(a == r for a, r in zip(answers, reference, strict=True)) / len(reference)
+    print(f"{label}: top-1 agreement with eager FP32 {agreement:.1%} on {len(reference)} photos", flush=True)
+    if agreement < minimum:
+        raise Disagrees(f"{label} agrees with eager FP32 on {agreement:.1%} of top-1 answers "
+                        f"(at least {minimum:.0%} needed): not timed, nothing written")
+    return agreement
 
 
 def cpu_model() -> str:

@@ -184,13 +184,14 @@ def test_service_with_replica_decoding_answers_like_the_reference(decoding_servi
 
 
 def test_gpu_benchmark_refuses_to_time_a_path_that_disagrees_with_fp32():
-    from benchmarks.gpu import Disagrees, check_agreement
+    from benchmarks.gpu import MIN_TOP1_AGREEMENT
+    from benchmarks.report import Disagrees, check_agreement
 
     reference = np.arange(100)
-    assert check_agreement("same", reference.copy(), reference) == 1.0
+    assert check_agreement("same", reference.copy(), reference, MIN_TOP1_AGREEMENT) == 1.0
     nan_like = np.zeros(100, dtype=int)  # what NaN logits give: argmax 0 for every photo
     with pytest.raises(Disagrees, match="not timed"):
-        check_agreement("broken", nan_like, reference)
+        check_agreement("broken", nan_like, reference, MIN_TOP1_AGREEMENT)
 
 
 # ---- on a GPU ----------------------------------------------------------------------------------
