@@ -7,11 +7,10 @@ from typing import Sequence
 
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve_app.errors import UnauthorizedError
-from serve_app.routes import is_open
+from serve_app.routes import error_response, is_open
 from serve_app.scope import header, note_error, route_path
 from serve_app.settings import AuthSettings, IngressSettings
 
@@ -52,9 +51,7 @@ class ApiKeyMiddleware:
             )
             challenge = 'Bearer realm="serve-app"' + ("" if missing else ', error="invalid_token"')
             note_error(scope, error.code)
-            response = JSONResponse(
-                error.as_json(), status_code=error.status, headers={"WWW-Authenticate": challenge}
-            )
+            response = error_response(scope, error.code, error.message, error.status, {"WWW-Authenticate": challenge})
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

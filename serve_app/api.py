@@ -37,8 +37,8 @@ from serve_app.labels import imagenet_labels
 from serve_app.model_client import ModelClient
 from serve_app.openapi import openapi_document
 from serve_app.predictions import TopK, labelled
-from serve_app.routes import ENDPOINTS, STATIC_PREFIX, speaks_inference_protocol
-from serve_app.scope import note_error, route_path
+from serve_app.routes import ENDPOINTS, STATIC_PREFIX, error_response
+from serve_app.scope import note_error
 from serve_app.settings import AppSettings
 from serve_app.telemetry import IngressMetrics, RequestTelemetry
 from serve_app.uploads import Upload, parse_top_k, read_body, read_uploads
@@ -61,10 +61,6 @@ PLATFORMS = {"onnx": "onnxruntime_onnx", "onnx-int8": "onnxruntime_onnx", "torch
              "torch": "pytorch_torch", "cuda-graphs": "pytorch_torch"}
 
 T = TypeVar("T")
-
-
-def error_response(error: ServiceError) -> JSONResponse:
-    return JSONResponse(error.as_json(), status_code=error.status, headers=error.headers)
 
 
 async def within(deadline: float, work: Awaitable[T], error: ServiceError) -> T:
@@ -92,16 +88,12 @@ def public_model_info(info: dict[str, Any]) -> dict[str, Any]:
 
 async def render_service_error(request: Request, error: ServiceError) -> Response:
     note_error(request.scope, error.code)
-    if speaks_inference_protocol(route_path(request.scope)):
-        return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
-    return error_response(error)
+    return error_response(request.scope, error.code, error.message, error.status, error.headers)
 
 
 async def render_http_error(request: Request, error: HTTPException) -> Response:
-    if speaks_inference_protocol(route_path(request.scope)):
-        return JSONResponse({"error": error.detail}, status_code=error.status_code)
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-    return JSONResponse({"error": {"code": code, "message": error.detail}}, status_code=error.status_code)
+    return error_response(request.scope, code, error.detail, error.status_code)
 
 
 class Api:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from serve_app import errors
 from serve_app.inference_protocol import IMAGES_INPUT, MODEL_NAME, PIXELS_INPUT, PROBABILITIES_OUTPUT
-from serve_app.routes import ENDPOINTS, Endpoint
+from serve_app.routes import ENDPOINTS, Endpoint, speaks_inference_protocol
 from serve_app.settings import AppSettings
 from serve_app.uploads import MAX_TOP_K
 
@@ -34,7 +34,7 @@ def json_content(schema: dict) -> dict:
     return {"content": {JSON: {"schema": schema}}}
 
 
-def error_response(status: int, codes: list[str], protocol: bool) -> dict:
+def error_description(status: int, codes: list[str], protocol: bool) -> dict:
     if protocol:
         return {"description": ", ".join(codes), **json_content(ref("ProtocolError"))}
     schema = {"type": "object", "required": ["error"], "additionalProperties": False, "properties": {
@@ -110,7 +110,7 @@ SCHEMAS = {
 
 
 def operation(endpoint: Endpoint, settings: AppSettings) -> dict:
-    protocol = endpoint.path.startswith("/v2")
+    protocol = speaks_inference_protocol(endpoint.path)
     answers = {
         "classify": json_content({"oneOf": [ref("Classification"), ref("Classifications")]}),
         "predict": json_content({"type": "array", "items": {"type": "object", "required": ["label", "score"],
@@ -129,14 +129,14 @@ def operation(endpoint: Endpoint, settings: AppSettings) -> dict:
                   "responses": {"200": {"description": "OK", **answers.get(endpoint.handler, {})}}}
     if settings.auth.api_keys and not endpoint.open:
         spec["security"] = [{"apiKey": []}]
-        spec["responses"]["401"] = error_response(401, ["unauthorized"], protocol)
+        spec["responses"]["401"] = error_description(401, ["unauthorized"], protocol)
     if endpoint.handler in ("classify", "predict"):
         spec["requestBody"] = upload_body(settings.ingress.max_images_per_request)
         if endpoint.handler == "classify":
             spec["parameters"] = [TOP_K]
         for status, codes in errors_by_status().items():
             if status != 401:
-                spec["responses"][str(status)] = error_response(status, codes, protocol=False)
+                spec["responses"][str(status)] = error_description(status, codes, protocol=False)
     if endpoint.handler == "v2_infer":
         spec["requestBody"] = {"required": True, "content": {
             JSON: {"schema": ref("InferRequest")},
@@ -145,7 +145,7 @@ def operation(endpoint: Endpoint, settings: AppSettings) -> dict:
                                                         "(Inference-Header-Content-Length bytes), then the tensors"}}}
         for status, codes in errors_by_status().items():
             if status != 401:
-                spec["responses"][str(status)] = error_response(status, codes, protocol=True)
+                spec["responses"][str(status)] = error_description(status, codes, protocol=True)
     if endpoint.handler in ("healthz", "v2_ready", "v2_model_ready"):
         unavailable = json_content(ref("Health")) if endpoint.handler == "healthz" else json_content(ref("ProtocolError"))
         spec["responses"]["503"] = {"description": "the model deployment is not answering", **unavailable}

@@ -1,11 +1,15 @@
 """The service's HTTP routes, listed once. The app's routing, the metric labels and the paths
-open without an API key all come from this table."""
+open without an API key all come from this table; so does the shape of an error on each route."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from starlette.responses import JSONResponse
+from starlette.types import Scope
+
 from serve_app.inference_protocol import MODEL_NAME
+from serve_app.scope import route_path
 
 
 @dataclass(frozen=True)
@@ -53,3 +57,13 @@ def is_open(path: str) -> bool:
 def speaks_inference_protocol(path: str) -> bool:
     """Whether errors on `path` take the Open Inference Protocol's shape, {"error": "<message>"}."""
     return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def error_response(scope: Scope, code: str, message: str, status: int, headers: dict | None = None) -> JSONResponse:
+    """An error in the shape its route speaks: {"error": {"code", "message"}}, or on the Open
+    Inference Protocol's routes {"error": "<message>"}. Every error answer is made here."""
+    if speaks_inference_protocol(route_path(scope)):
+        body: dict = {"error": message}
+    else:
+        body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
