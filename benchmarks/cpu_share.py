@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -135,6 +136,7 @@ def checkout(ref: str) -> Iterator[Path]:
         yield worktree
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO, capture_output=True)
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def median_of(rounds: list[dict]) -> dict:

@@ -80,16 +80,14 @@ def export(out: Path, spec: str, settings_json: str | None) -> int:
 
 def evaluate(images: Path, settings: ModelSettings, backends: list[str], threads: int) -> int:
     from serve_app.evaluate import evaluate as run_evaluation
-    from serve_app.evaluate import format_reports, image_files, without_calibration_photos
+    from serve_app.evaluate import format_reports
 
     try:
-        reports = run_evaluation(settings, images, backends, threads)
+        evaluation = run_evaluation(settings, images, backends, threads)
     except (WeightsError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    files = image_files(images)
-    kept = without_calibration_photos(files, settings.calibration_images)
-    print(format_reports(reports, len(kept), settings.weights, skipped=len(files) - len(kept)))
+    print(format_reports(evaluation, settings.weights))
     return 0
 
 

@@ -102,7 +102,7 @@ class Api:
     def __init__(self, model: ModelClient, settings: AppSettings):
         self._model = model
         self._settings = settings.ingress
-        self._app_settings = settings
+        self._openapi = openapi_document(API_VERSION, settings)  # fixed for the settings the app runs with
         self._labels = imagenet_labels()
         self._model_info: dict[str, Any] | None = None  # asked once, then sent with every answer
 
@@ -140,7 +140,7 @@ class Api:
         return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document(API_VERSION, self._app_settings))
+        return JSONResponse(self._openapi)
 
     # ---- the Open Inference Protocol (KServe v2) -----------------------------------------------
 
@@ -214,7 +214,7 @@ class Api:
             note_error(request.scope, error.code)
             entry.update(error.as_json())
         else:
-            entry["predictions"] = labelled(answer.indices[row], answer.scores[row], self._labels)
+            entry["predictions"] = self._predictions(answer, row)
         return entry
 
     async def _public_model_info(self) -> dict[str, Any]:

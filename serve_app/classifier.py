@@ -25,22 +25,12 @@ from ray import serve
 
 from serve_app.backends import load_backend
 from serve_app.errors import ServiceError
-from serve_app.predictions import ImageBatch, TopK, best_k, softmax
+from serve_app.predictions import ImageBatch, TopK, softmax, top_k_rows
 from serve_app.settings import BatchSettings, ModelSettings
 from serve_app.telemetry import ModelMetrics
 from serve_app.weights import resolve_weights
 
 _DEFAULT_BATCH = BatchSettings()
-
-
-def top_k_rows(rows: list[np.ndarray | ServiceError], k: int) -> TopK:
-    """One request's answer: the top k of each row of probabilities, and the rows that are errors."""
-    errors = {i: row for i, row in enumerate(rows) if isinstance(row, ServiceError)}
-    if not errors:
-        return best_k(np.stack(rows), k)
-    filler = np.zeros(1000, np.float32)
-    ranked = best_k(np.stack([filler if i in errors else row for i, row in enumerate(rows)]), k)
-    return TopK(ranked.indices, ranked.scores, errors)
 
 
 def replica_cpu_count() -> int:

@@ -23,7 +23,7 @@ from serve_app.imaging import load_image
 from serve_app.labels import class_index_by_wnid
 from serve_app.predictions import softmax
 from serve_app.settings import ModelSettings
-from serve_app.weights import WeightsSource, resolve_weights
+from serve_app.weights import WeightsError, WeightsSource, resolve_weights
 
 REFERENCE_BACKEND = "torch"
 BATCH = 16
@@ -57,6 +57,13 @@ class BackendReport:
     top5_accuracy: float | None
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    reports: list[BackendReport]
+    images: int  # compared
+    skipped: int  # calibration photos left out
+
+
 def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
 
@@ -65,7 +72,7 @@ def without_calibration_photos(files: list[Path], calibration_images: str | None
     """`files` less any whose content is one of the INT8 calibration photos."""
     try:
         calibration = {hashlib.sha256(p.read_bytes()).digest() for p in calibration_files(calibration_images)}
-    except Exception:  # no calibration folder here: nothing to leave out
+    except WeightsError:  # no calibration photos here: nothing to leave out
         return files
     return [p for p in files if hashlib.sha256(p.read_bytes()).digest() not in calibration]
 
@@ -87,8 +94,9 @@ def probabilities(
     return softmax(np.concatenate([runner.infer(photos[i : i + BATCH]) for i in range(0, len(photos), BATCH)]))
 
 
-def evaluate(settings: ModelSettings, folder: Path, backends: list[str], threads: int = 2) -> list[BackendReport]:
-    files = without_calibration_photos(image_files(folder), settings.calibration_images)
+def evaluate(settings: ModelSettings, folder: Path, backends: list[str], threads: int = 2) -> Evaluation:
+    every_file = image_files(folder)
+    files = without_calibration_photos(every_file, settings.calibration_images)
     if not files:
         raise ValueError(f"no images under {folder} other than the calibration photos")
     photos = np.stack([load_image(path.read_bytes(), max_pixels=10**9) for path in files])
@@ -109,19 +117,19 @@ def evaluate(settings: ModelSettings, folder: Path, backends: list[str], threads
             top1_accuracy=float((top5[labelled, 0] == truth_array[labelled]).mean()) if accuracy else None,
             top5_accuracy=float((top5[labelled] == truth_array[labelled, None]).any(1).mean()) if accuracy else None,
         ))
-    return reports
+    return Evaluation(reports, len(files), len(every_file) - len(files))
 
 
-def format_reports(reports: list[BackendReport], images: int, weights: str, skipped: int = 0) -> str:
+def format_reports(evaluation: Evaluation, weights: str) -> str:
     def percent(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
     lines = [
-        f"{images} images (calibration photos left out: {skipped}), weights: {weights}",
+        f"{evaluation.images} images (calibration photos left out: {evaluation.skipped}), weights: {weights}",
         f"{'backend':12s} {'top-1 agreement':>16s} {'top-5 overlap':>14s} {'mean |dp|':>10s} {'max |dp|':>9s} "
         f"{'top-1 acc':>10s} {'top-5 acc':>10s}",
     ]
-    for r in reports:
+    for r in evaluation.reports:
         f = r.fidelity
         lines.append(
             f"{r.backend:12s} {percent(f.top1_agreement):>16s} {percent(f.top5_overlap):>14s} "

@@ -24,14 +24,13 @@ import numpy as np
 
 from serve_app.errors import InvalidParameterError, MalformedRequestError, TooManyImagesError
 from serve_app.labels import Label
-from serve_app.predictions import CROP_SHAPE, TopK
+from serve_app.predictions import CROP_SHAPE, NUM_CLASSES, TopK
 
 MODEL_NAME = "resnet18"
 MODEL_VERSION = "1"
 IMAGES_INPUT = "images"
 PIXELS_INPUT = "pixels"
 PROBABILITIES_OUTPUT = "probabilities"
-NUM_CLASSES = 1000
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["classification", "binary_tensor_data"]
 

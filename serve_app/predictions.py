@@ -16,6 +16,7 @@ from serve_app.errors import ServiceError
 from serve_app.labels import Label
 
 CROP_SHAPE = (224, 224, 3)
+NUM_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,16 @@ def best_k(probabilities: np.ndarray, k: int) -> TopK:
     k = min(k, probabilities.shape[-1])
     order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
     return TopK(order.astype(np.int32), np.take_along_axis(probabilities, order, axis=-1))
+
+
+def top_k_rows(rows: list[np.ndarray | ServiceError], k: int) -> TopK:
+    """One request's answer: the top k of each row of probabilities, and the rows that are errors."""
+    errors = {i: row for i, row in enumerate(rows) if isinstance(row, ServiceError)}
+    if not errors:
+        return best_k(np.stack(rows), k)
+    filler = np.zeros(NUM_CLASSES, np.float32)
+    ranked = best_k(np.stack([filler if i in errors else row for i, row in enumerate(rows)]), k)
+    return TopK(ranked.indices, ranked.scores, errors)
 
 
 def labelled(indices: np.ndarray, scores: np.ndarray, labels: Sequence[Label]) -> list[dict]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from serve_app.errors import ServiceError
 from serve_app.imaging import load_image
-from serve_app.predictions import ImageBatch, TopK, best_k
+from serve_app.predictions import ImageBatch, TopK, top_k_rows
 
 MODEL_INFO = {
     "architecture": "resnet18",
@@ -25,6 +25,12 @@ MODEL_INFO = {
 
 def expected_class(pixels: np.ndarray) -> int:
     return int(pixels.mean())
+
+
+def fake_probabilities(pixels: np.ndarray) -> np.ndarray:
+    probabilities = np.full(1000, 0.1 / 999, np.float32)
+    probabilities[expected_class(pixels)] = 0.9
+    return probabilities
 
 
 class _Method:
@@ -59,18 +65,13 @@ class FakeModelHandle:
         if self.failures:
             raise self.failures.pop(0)
         await asyncio.sleep(self.delay_s)
-        rows, errors = list(batch.pixels), {}
-        for index, jpeg in enumerate(batch.jpegs, start=len(batch.pixels)):
+        rows: list[np.ndarray | ServiceError] = [fake_probabilities(pixels) for pixels in batch.pixels]
+        for jpeg in batch.jpegs:
             try:
-                rows.append(load_image(jpeg, max_pixels=10**9, draft=False))
+                rows.append(fake_probabilities(load_image(jpeg, max_pixels=10**9, draft=False)))
             except ServiceError as error:
-                errors[index] = error
-                rows.append(np.zeros((224, 224, 3), np.uint8))
-        probabilities = np.full((len(rows), 1000), 0.1 / 999, np.float32)
-        for row, pixels in enumerate(rows):
-            probabilities[row, expected_class(pixels)] = 0.9
-        ranked = best_k(probabilities, batch.k)
-        return TopK(ranked.indices, ranked.scores, errors)
+                rows.append(error)
+        return top_k_rows(rows, batch.k)
 
     async def _info(self) -> dict:
         return {**MODEL_INFO, "batching": {"max_batch_size": 16}}

@@ -31,7 +31,7 @@ def test_accuracy_counts_files_named_after_the_predicted_class(settings, shared_
     top1 = probabilities(settings, "torch", batch, threads=2).argmax(1)
     named_class = np.where(np.arange(10) < 5, top1, (top1 + 500) % 1000)
     folder = _linked(tmp_path, photos, lambda i, path: f"{imagenet_labels()[named_class[i]].wnid}_{i}.JPEG")
-    (report,) = evaluate(settings, folder, ["torch"])
+    (report,) = evaluate(settings, folder, ["torch"]).reports
     assert report.top1_accuracy == 0.5
     assert 0.5 <= report.top5_accuracy <= 1.0
 
