@@ -92,6 +92,9 @@ def serve_locally(config_path: Path, *, fit: bool = True) -> int:
             os.environ.setdefault(name, value)
         terminal.say("starting a local Ray")
         ray.init(address="local", namespace="serve", log_to_driver=False, logging_level="WARNING")
+        # Again: ray.init installs a SIGTERM handler of its own, which prints a stack and kills the
+        # process without stopping Ray.
+        signal.signal(signal.SIGTERM, _interrupt)
         resources = ray.cluster_resources()
         cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
         terminal.say(f"Ray found {cpus:g} CPUs and {gpus:g} GPUs on this machine")

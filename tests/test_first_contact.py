@@ -36,9 +36,20 @@ class Run:
     left_running: list[str]
 
 
-def serve_until_ready_then_ctrl_c(command: list[str], log_path: Path, env: dict[str, str], while_up=None) -> Run:
-    """Start `command` in a session of its own, wait for /healthz, run `while_up`, then do what Ctrl-C in
-    a terminal does (SIGINT to the foreground process group) and see what is still there afterwards."""
+def ctrl_c(process: subprocess.Popen) -> None:
+    """What Ctrl-C in a terminal does: SIGINT to the foreground process group."""
+    os.killpg(process.pid, signal.SIGINT)
+
+
+def sigterm(process: subprocess.Popen) -> None:
+    """What `kill`, `docker stop` and systemd do: SIGTERM to the process alone."""
+    process.send_signal(signal.SIGTERM)
+
+
+def serve_until_ready_then_stop(command: list[str], log_path: Path, env: dict[str, str], while_up=None,
+                                stop=ctrl_c) -> Run:
+    """Start `command` in a session of its own, wait for /healthz, run `while_up`, then `stop` it and
+    see what is still there afterwards."""
     assert port_is_free("0.0.0.0", 8000), "port 8000 is taken: something else is serving there"
     started = time.monotonic()
 
@@ -51,7 +62,7 @@ def serve_until_ready_then_ctrl_c(command: list[str], log_path: Path, env: dict[
         if while_up:
             while_up()
         interrupted = time.monotonic()
-        os.killpg(process.pid, signal.SIGINT)
+        stop(process)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -70,7 +81,7 @@ def cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def first_run(cache, tmp_path_factory) -> Run:
     log = tmp_path_factory.mktemp("first") / "make-serve.log"
-    return serve_until_ready_then_ctrl_c(["make", "serve"], log, {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)})
+    return serve_until_ready_then_stop(["make", "serve"], log, {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)})
 
 
 def test_first_make_serve_says_what_it_does_while_it_builds_its_cache(first_run):
@@ -105,7 +116,7 @@ def test_make_serve_with_its_cache_is_ready_within_a_minute_answers_and_stops_on
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert "<html" in page.text.lower()
 
-    run = serve_until_ready_then_ctrl_c(
+    run = serve_until_ready_then_stop(
         ["make", "serve"], tmp_path / "make-serve.log", {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)},
         while_up=answers,
     )
@@ -115,6 +126,18 @@ def test_make_serve_with_its_cache_is_ready_within_a_minute_answers_and_stops_on
     assert run.ready_after_s < READY_WITH_CACHE_S, run.log
     assert run.stopped_after_s < STOPPED_WITHIN_S, run.log
     assert not run.left_running, f"still running after Ctrl-C: {run.left_running}"
+    assert port_is_free("0.0.0.0", 8000)
+
+
+def test_sigterm_stops_ray_and_everything_it_started(first_run, cache, tmp_path):
+    run = serve_until_ready_then_stop(
+        [sys.executable, "-m", "serve_app", "serve", "--config", "configs/cpu.yaml"], tmp_path / "serve.log",
+        {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)}, stop=sigterm,
+    )
+    assert "SIGTERM received" not in run.log, "Ray's own handler took the signal: nothing was stopped cleanly"
+    assert run.log.rstrip().endswith("stopped"), run.log
+    assert run.stopped_after_s < STOPPED_WITHIN_S, run.log
+    assert not run.left_running, f"still running after SIGTERM: {run.left_running}"
     assert port_is_free("0.0.0.0", 8000)
 
 

@@ -11,31 +11,42 @@ import pytest
 from benchmarks.int8_fidelity import measure, networks
 from serve_app.artifacts import RECIPES, SERVED_RECIPE
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)
 
-# Measured: stand-in 95.8%, seeded (see the benchmark); a point or two of slack for other CPUs' kernels.
-MIN_TOP1 = {"stand-in": 0.94, "seeded": 0.90}
-MIN_TOP5_OVERLAP = 0.95
+# Measured on 576 images each: see the benchmark. Half a point to a point of slack for other CPUs'
+# kernels; the recipe served before (nearest rounding, min-max ranges) scores 95.7-96.4% here.
+MIN_TOP1 = 0.975
+MIN_TOP5_OVERLAP = 0.98
+MAX_PROB_DIFFERENCE = 0.06
 
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("int8")
-    recipes = [RECIPES["all-int8"], SERVED_RECIPE]
+    recipes = [RECIPES["all-int8"], RECIPES["classifier-fp32"], SERVED_RECIPE]
     return {network.name: measure(network, recipes, folder) for network in networks(["stand-in", "seeded"])}
 
 
 @pytest.mark.parametrize("network", ["stand-in", "seeded"])
 def test_the_served_recipe_agrees_with_fp32_on_images_it_never_saw(measured, network):
     served = measured[network]["recipes"][SERVED_RECIPE.name]
-    assert measured[network]["images"] == 144
-    assert served["top1_agreement"] >= MIN_TOP1[network], served
+    assert measured[network]["images"] == 576
+    assert served["top1_agreement"] >= MIN_TOP1, served
     assert served["top5_overlap"] >= MIN_TOP5_OVERLAP, served
+    assert served["max_abs_prob_error"] <= MAX_PROB_DIFFERENCE, served
+
+
+@pytest.mark.parametrize("network", ["stand-in", "seeded"])
+def test_gptq_rounding_and_percentile_ranges_beat_nearest_rounding_with_min_max_ranges(measured, network):
+    recipes = measured[network]["recipes"]
+    served, nearest = recipes[SERVED_RECIPE.name], recipes["classifier-fp32"]
+    assert served["top1_agreement"] > nearest["top1_agreement"], (served, nearest)
+    assert served["max_abs_prob_error"] < nearest["max_abs_prob_error"], (served, nearest)
 
 
 @pytest.mark.parametrize("network", ["stand-in", "seeded"])
 def test_keeping_the_classifier_in_fp32_bounds_the_probability_error(measured, network):
     """Quantizing the classifier's 1000-way output is what moved probabilities by up to 0.3."""
     recipes = measured[network]["recipes"]
-    assert recipes[SERVED_RECIPE.name]["max_abs_prob_error"] <= 0.1
-    assert recipes[SERVED_RECIPE.name]["max_abs_prob_error"] < recipes["all-int8"]["max_abs_prob_error"]
+    assert recipes["classifier-fp32"]["max_abs_prob_error"] <= 0.1
+    assert recipes["classifier-fp32"]["max_abs_prob_error"] < recipes["all-int8"]["max_abs_prob_error"]
