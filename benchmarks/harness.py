@@ -127,13 +127,19 @@ def running(
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command, cwd=cwd, env={**base_env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_as_from_a_terminal,
         )
         process.log_path = log_path
         try:
             yield process
         finally:
             stop(process)
+
+
+def _as_from_a_terminal() -> None:
+    """Ctrl-C reaches the process, even when these tests run under a shell that started them in the
+    background, which makes children ignore SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float, ready: Callable[[str], bool]) -> None:

@@ -8,7 +8,7 @@ each rounding makes onto the inputs not yet rounded, in proportion to how those 
 real photos (the Hessian X Xᵀ of the layer's inputs). The scales, the graph and the int8 kernels
 stay exactly as ONNX Runtime made them; only the int8 values change, so the speed is unchanged.
 
-It runs once, when artifacts are exported (about 15 s for ResNet-18 on 2 cores), and needs torch.
+It runs once, when artifacts are exported (about 30 s for ResNet-18 on 2 cores), and needs torch.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ COLUMN_BLOCK = 128
 IMAGES_PER_CHUNK = 4
 
 
-def round_conv_weights(fp32_path: Path, qdq_model, photos: np.ndarray, input_name: str) -> int:
+def round_conv_weights(fp32_path: Path, qdq_model, photos: np.ndarray, input_name: str) -> None:
     """Re-round, in place, the int8 weights of every Conv of `qdq_model` (ONNX Runtime's QDQ output
-    for the FP32 model at `fp32_path`) on `photos`, a uint8 batch of `input_name`. Returns how many
-    convolutions were re-rounded."""
+    for the FP32 model at `fp32_path`) on `photos`, a uint8 batch of `input_name`."""
     import onnx
     from onnx import numpy_helper
 
@@ -38,7 +37,6 @@ def round_conv_weights(fp32_path: Path, qdq_model, photos: np.ndarray, input_nam
     initializers = {init.name: init for init in qdq_model.graph.initializer}
     producers = {output: node for node in qdq_model.graph.node for output in node.output}
     qdq_convs = {node.name: node for node in qdq_model.graph.node if node.op_type == "Conv"}
-    rounded = 0
     for node in fp32_convs:
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         dequantize = producers.get(qdq_convs[node.name].input[1]) if node.name in qdq_convs else None
@@ -49,8 +47,6 @@ def round_conv_weights(fp32_path: Path, qdq_model, photos: np.ndarray, input_nam
         hessian = input_hessian(inputs[node.input[0]], attributes)
         values = gptq_round(weight.reshape(len(weight), -1), hessian, numpy_helper.to_array(scale))
         quantized.CopyFrom(numpy_helper.from_array(values.reshape(weight.shape), quantized.name))
-        rounded += 1
-    return rounded
 
 
 def conv_inputs(model, names: list[str], photos: np.ndarray, input_name: str) -> dict[str, np.ndarray]:

@@ -74,14 +74,14 @@ def standin_reference():
 
 
 @pytest.fixture(scope="session")
-def standin_artifacts(tmp_path_factory) -> Path:
-    """TorchScript, ONNX and INT8 ONNX exported from the stand-in, once per test run."""
-    from serve_app.artifacts import export_artifacts
+def standin_artifacts() -> Path:
+    """The folder of TorchScript, ONNX and INT8 ONNX exported from the stand-in: the cache the
+    services under test use, built if missing (tests that change artifacts change copies)."""
+    from serve_app.artifacts import artifact_path
     from serve_app.settings import ModelSettings
+    from serve_app.weights import resolve_weights
 
-    folder = tmp_path_factory.mktemp("artifacts")
-    export_artifacts(ModelSettings(weights="standin"), folder)
-    return folder
+    return artifact_path(ModelSettings(weights="standin"), resolve_weights("standin"), "onnx").parent
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
