@@ -39,6 +39,7 @@ import numpy as np
 from benchmarks.harness import SHARED_IMAGES
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
 from serve_app.artifacts import INPUT_NAME, OUTPUT_NAME, RECIPES, SERVED_RECIPE, Int8Recipe, export_onnx, quantize_int8
+from serve_app.calibration import photo_batch
 from serve_app.evaluate import Fidelity
 from serve_app.predictions import softmax
 
@@ -54,12 +55,6 @@ class Network:
     build: Callable[[], object]  # -> serve_app.network.ResNet18Classifier
     calibration: np.ndarray  # uint8 NHWC
     evaluation: np.ndarray
-
-
-def photo_batch(paths: list[Path]) -> np.ndarray:
-    from serve_app.imaging import load_image
-
-    return np.stack([load_image(p.read_bytes(), max_pixels=10**9, draft=False) for p in paths])
 
 
 def photo_variants(paths: list[Path]) -> np.ndarray:

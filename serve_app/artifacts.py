@@ -139,7 +139,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path, photos, recipe: Int8Recipe =
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
-        nodes = onnx.load(str(prepared)).graph.node
+        fp32 = onnx.load(str(prepared))
+        nodes = fp32.graph.node
         kept = [node.name for node in nodes if node.op_type in recipe.fp32_op_types]
         if recipe.fp32_first_conv:
             kept.append(next(node.name for node in nodes if node.op_type == "Conv"))
@@ -156,7 +157,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, photos, recipe: Int8Recipe =
             )
         if recipe.gptq_weights:
             model = onnx.load(str(int8_path))
-            round_conv_weights(prepared, model, photos, INPUT_NAME)
+            round_conv_weights(fp32, model, photos, INPUT_NAME)
             onnx.save(model, str(int8_path))
 
 

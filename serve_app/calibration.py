@@ -37,8 +37,13 @@ def calibration_identity(configured: str | None = None) -> str:
 
 def calibration_batch(configured: str | None = None):
     """The calibration photos as one uint8 batch (N, 224, 224, 3), preprocessed like requests."""
+    return photo_batch(calibration_files(configured))
+
+
+def photo_batch(paths: list[Path]):
+    """Photos as one uint8 batch (N, 224, 224, 3), preprocessed like requests, fully decoded (no draft)."""
     import numpy as np
 
     from serve_app.imaging import load_image
 
-    return np.stack([load_image(p.read_bytes(), max_pixels=10**9, draft=False) for p in calibration_files(configured)])
+    return np.stack([load_image(p.read_bytes(), max_pixels=10**9, draft=False) for p in paths])

@@ -25,7 +25,7 @@ from ray import serve
 
 from serve_app.backends import load_backend
 from serve_app.errors import ServiceError
-from serve_app.predictions import ImageBatch, TopK, softmax, top_k_rows
+from serve_app.predictions import NUM_CLASSES, ImageBatch, TopK, softmax, top_k_rows
 from serve_app.settings import BatchSettings, ModelSettings
 from serve_app.telemetry import ModelMetrics
 from serve_app.weights import resolve_weights
@@ -90,7 +90,7 @@ class Classifier:
         chunk = self._batch.max_batch_size
         pixels = np.concatenate([r.pixels for r in requests])
         probabilities = [await self._probabilities(pixels[i : i + chunk]) for i in range(0, len(pixels), chunk)]
-        pixel_probabilities = np.concatenate(probabilities) if probabilities else np.empty((0, 1000), np.float32)
+        pixel_probabilities = np.concatenate(probabilities) if probabilities else np.empty((0, NUM_CLASSES), np.float32)
         jpegs = [jpeg for r in requests for jpeg in r.jpegs]
         decoded = []
         for i in range(0, len(jpegs), chunk):

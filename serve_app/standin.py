@@ -16,12 +16,12 @@ import os
 
 from serve_app.cache import cache_folder
 from serve_app.calibration import calibration_batch, calibration_identity
+from serve_app.predictions import NUM_CLASSES
 
 STANDIN_VERSION = "standin-v2"
 SEED = 0
 CALIBRATION_CHUNK = 16
 TARGET_LOGIT_STD = 1.0
-NUM_CLASSES = 1000
 # Damped residual branches, as in trained ResNets: an undamped random ResNet is chaotic enough
 # that INT8 rounding alone changes its answers.
 RESIDUAL_SCALE = 0.5

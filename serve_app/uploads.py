@@ -16,10 +16,11 @@ from serve_app.errors import (
     UnsupportedMediaTypeError,
     UploadTooLargeError,
 )
+from serve_app.predictions import NUM_CLASSES
 from serve_app.settings import IngressSettings
 
 RAW_BODY_TYPES = ("application/octet-stream",)
-MAX_TOP_K = 1000
+MAX_TOP_K = NUM_CLASSES
 
 
 @dataclass(frozen=True)

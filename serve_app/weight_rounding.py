@@ -13,8 +13,6 @@ It runs once, when artifacts are exported (about 30 s for ResNet-18 on 2 cores),
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -23,13 +21,12 @@ COLUMN_BLOCK = 128
 IMAGES_PER_CHUNK = 4
 
 
-def round_conv_weights(fp32_path: Path, qdq_model, photos: np.ndarray, input_name: str) -> None:
+def round_conv_weights(fp32, qdq_model, photos: np.ndarray, input_name: str) -> None:
     """Re-round, in place, the int8 weights of every Conv of `qdq_model` (ONNX Runtime's QDQ output
-    for the FP32 model at `fp32_path`) on `photos`, a uint8 batch of `input_name`."""
+    for the FP32 model `fp32`) on `photos`, a uint8 batch of `input_name`."""
     import onnx
     from onnx import numpy_helper
 
-    fp32 = onnx.load(str(fp32_path))
     fp32_weights = {init.name: init for init in fp32.graph.initializer}
     fp32_convs = [node for node in fp32.graph.node if node.op_type == "Conv"]
     inputs = conv_inputs(fp32, [node.input[0] for node in fp32_convs], photos, input_name)
