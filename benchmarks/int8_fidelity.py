@@ -177,13 +177,12 @@ def networks(names: list[str]) -> list[Network]:
 
 
 def session(path: Path, threads: int = 2):
+    """The model at `path`, run on the CPU the way a replica runs it."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from serve_app.backends.onnx_runtime import session_options
+
+    return ort.InferenceSession(str(path), session_options(threads, spinning=False), providers=["CPUExecutionProvider"])
 
 
 def probabilities(model, images: np.ndarray) -> np.ndarray:

@@ -11,16 +11,22 @@ from serve_app.settings import ModelSettings, resolve_device
 from serve_app.weights import WeightsSource
 
 
+def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
+    """How a replica runs a model: `threads` intra-op threads, one inter-op, all graph optimizations."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
 class OnnxRuntimeBackend:
     name = "onnx"
 
     def __init__(self, settings: ModelSettings, source: WeightsSource, threads: int):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.onnx_spinning else "0")
+        options = session_options(threads, settings.onnx_spinning)
         wants_cuda = resolve_device(settings.device) == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
         path = artifact_path(settings, source, self.name)
