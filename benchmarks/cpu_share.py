@@ -15,7 +15,7 @@ generator) is what the request path costs beside inference.
 
 Variants: `now` (this checkout, HAProxy in front: what `python -m serve_app serve` runs), `now,
 Python proxy` (RAY_SERVE_ENABLE_HA_PROXY=0) and, with --before, that commit checked out into a
-temporary worktree and served the same way (with this checkout's configs/cpu.yaml). Runs of 20 s
+temporary worktree and served the same way (with that commit's own configs/cpu.yaml). Runs of 20 s
 on 2 shared cores vary by 10-15%, so --repeat runs the variants in turn that many rounds and
 reports each figure's median. Writes benchmarks/results/cpu_share.{md,png,json}.
 """
@@ -79,7 +79,7 @@ def batch_counts(base_url: str) -> tuple[Counter[int], int]:
 
 
 def measure(weights: str, seconds: float, photos, env: dict[str, str], source: Path, images: int = 1) -> dict:
-    config = sized_config(free_port(), weights=weights, backend=BACKEND, edit=sized_for_two_cores)
+    config = sized_config(free_port(), weights=weights, backend=BACKEND, edit=sized_for_two_cores, source=source)
     with serve_run(config, env=env, source=source) as base:
         url = base + "/v1/classify"
         sweep(url, [CONCURRENCY], photos, seconds=5, label="warm-up", images_per_request=images)

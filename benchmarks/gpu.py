@@ -36,10 +36,11 @@ BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 MIN_TOP1_AGREEMENT = 0.99
 
 
-def model_only(seconds_per_point: float) -> list[dict]:
+def model_only(seconds_per_point: float, device: str = "cuda", batch_sizes: list[int] | None = None) -> list[dict]:
+    """Images/s of cuda-graphs fp16 and eager fp32 at each batch size, uint8 batches from host memory.
+    On `device="cpu"` (a dry run of benchmarks/device_run.py) only eager fp32 runs."""
     import torch
 
-    from serve_app.backends.cuda_graphs import CudaGraphsBackend
     from serve_app.backends.torch_eager import TorchEagerBackend
     from serve_app.imaging import load_image
     from serve_app.settings import ModelSettings
@@ -47,25 +48,32 @@ def model_only(seconds_per_point: float) -> list[dict]:
 
     source = resolve_weights("standin")
     photos = [load_image(data, max_pixels=10**8) for _, data in load_photos()]
-    graphs = CudaGraphsBackend(
-        ModelSettings(weights="standin", backend="cuda-graphs", graph_batch_sizes=BATCH_SIZES), source, 4
-    )
-    eager = TorchEagerBackend(ModelSettings(weights="standin", backend="torch", device="cuda"), source, 4)
+    sizes = batch_sizes or BATCH_SIZES
+    eager = TorchEagerBackend(ModelSettings(weights="standin", backend="torch", device=device), source, 4)
+    backends = {"eager fp32": eager}
     every_photo = np.stack(photos)
     reference = eager.infer(every_photo)
     if not np.isfinite(reference).all():
         raise Disagrees("eager FP32 answered NaN or infinity: nothing to compare with")
-    logits = graphs.infer(every_photo)
-    if not np.isfinite(logits).all():
-        raise Disagrees("cuda-graphs answered NaN or infinity: not timed, nothing written")
-    check_agreement("cuda-graphs fp16", logits.argmax(1), reference.argmax(1), MIN_TOP1_AGREEMENT)
+    if device == "cuda":
+        from serve_app.backends.cuda_graphs import CudaGraphsBackend
+
+        graphs = CudaGraphsBackend(
+            ModelSettings(weights="standin", backend="cuda-graphs", graph_batch_sizes=sizes), source, 4
+        )
+        logits = graphs.infer(every_photo)
+        if not np.isfinite(logits).all():
+            raise Disagrees("cuda-graphs answered NaN or infinity: not timed, nothing written")
+        check_agreement("cuda-graphs fp16", logits.argmax(1), reference.argmax(1), MIN_TOP1_AGREEMENT)
+        backends = {"cuda-graphs fp16": graphs, **backends}
     rows = []
-    for size in BATCH_SIZES:
+    for size in sizes:
         batch = np.stack([photos[i % len(photos)] for i in range(size)])
         row = {"batch": size}
-        for label, backend in (("cuda-graphs fp16", graphs), ("eager fp32", eager)):
+        for label, backend in backends.items():
             backend.infer(batch)
-            torch.cuda.synchronize()
+            if device == "cuda":
+                torch.cuda.synchronize()
             runs, started = 0, time.perf_counter()
             while time.perf_counter() - started < seconds_per_point:
                 backend.infer(batch)

@@ -26,9 +26,9 @@ import yaml
 
 from serve_app.launcher import RAY_ENV  # what `python -m serve_app serve` sets; baselines pass env={}
 from serve_app.processes import kill_all, processes
+from serve_app.settings import SHARED_IMAGES  # noqa: F401 (tests and benchmarks take it from here)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_IMAGES = REPO.parent / "shared" / "images"
 
 
 # In throughput mode an ingress replica keeps answering for 30 s after it is told to stop, for
@@ -43,8 +43,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load_config(name: str = "cpu.yaml") -> dict[str, Any]:
-    return yaml.safe_load((REPO / "configs" / name).read_text())
+def load_config(name: str = "cpu.yaml", source: Path = REPO) -> dict[str, Any]:
+    """A config file of this checkout, or of another one (`source`)."""
+    return yaml.safe_load((source / "configs" / name).read_text())
 
 
 def deployment(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -59,9 +60,10 @@ def sized_config(
     ingress_cpus: float = 0.25,
     classifier_cpus: float = 0.5,
     edit: Callable[[dict[str, Any]], None] | None = None,
+    source: Path = REPO,
 ) -> dict[str, Any]:
-    """configs/cpu.yaml, sized for 2 cores and bound to 127.0.0.1:port."""
-    config = copy.deepcopy(load_config())
+    """configs/cpu.yaml (of this checkout, or of `source`), sized for 2 cores and bound to 127.0.0.1:port."""
+    config = copy.deepcopy(load_config(source=source))
     config["http_options"].update(host="127.0.0.1", port=port)
     config["applications"][0]["args"]["model"]["weights"] = weights
     if backend:
@@ -83,9 +85,10 @@ def fast_autoscaling(config: dict) -> None:
     """configs/cpu.yaml's autoscaling, with delays short enough for a test and 2 replicas on 2 cores."""
     classifier = deployment(config, "Classifier")
     classifier["autoscaling_config"].update(
-        min_replicas=1, max_replicas=2, initial_replicas=1, target_ongoing_requests=2,
+        min_replicas=1, max_replicas=2, initial_replicas=1,
         upscale_delay_s=1, downscale_delay_s=4, metrics_interval_s=0.5, look_back_period_s=2,
     )
+    classifier["autoscaling_config"]["policy"]["policy_kwargs"]["target_images_per_replica"] = 2
     classifier["ray_actor_options"]["num_cpus"] = 0.5
     ingress = deployment(config, "Ingress")
     ingress.pop("autoscaling_config", None)

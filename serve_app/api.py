@@ -27,7 +27,6 @@ from serve_app import inference_protocol as v2
 from serve_app.access import access_middleware
 from serve_app.errors import (
     ModelUnavailableError,
-    OverloadedError,
     ProcessingTimeoutError,
     RequestTimeoutError,
     ServiceError,
@@ -53,8 +52,6 @@ PAGE_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
 }
-# Errors that mean "retry the whole request", never reported as one image's failure.
-_WHOLE_REQUEST_ERRORS = (OverloadedError, ModelUnavailableError)
 API_VERSION = "1.0.0"
 # The Open Inference Protocol's `platform`, by backend.
 PLATFORMS = {"onnx": "onnxruntime_onnx", "onnx-int8": "onnxruntime_onnx", "torchscript": "pytorch_torchscript",
@@ -107,18 +104,20 @@ class Api:
         self._model_info: dict[str, Any] | None = None  # asked once, then sent with every answer
 
     async def classify(self, request: Request) -> Response:
+        deadline = time.monotonic() + self._settings.request_timeout_s
         k = parse_top_k(request.query_params.get("top_k"), self._settings.default_top_k)
-        uploads, answer = await self._classified(request, k)
+        uploads, answer = await self._classified(request, k, deadline)
         if len(uploads) == 1:
             body = {"predictions": self._predictions(answer, 0)}
         else:
             body = {"results": [self._result_entry(request, upload, answer, i) for i, upload in enumerate(uploads)]}
-        body["model"] = await self._public_model_info()
+        body["model"] = await self._public_model_info(deadline)
         return JSONResponse(body)
 
     async def predict(self, request: Request) -> Response:
         """The original design's route: one `file`, top-3 as [{"label", "score"}]."""
-        uploads, answer = await self._classified(request, 3, only_one=True)
+        deadline = time.monotonic() + self._settings.request_timeout_s
+        uploads, answer = await self._classified(request, 3, deadline, only_one=True)
         return JSONResponse([{"label": p["label"], "score": p["score"]} for p in self._predictions(answer, 0)])
 
     async def healthz(self, request: Request) -> Response:
@@ -130,7 +129,8 @@ class Api:
                 status_code=503,
             )
         self._model_info = public_model_info(info)
-        return JSONResponse({"status": "ok", "model": self._model_info, "replica": info})
+        return JSONResponse({"status": "ok", "model": self._model_info, "replica": info,
+                             "ingress": self._model.call_stats()})
 
     async def labels(self, request: Request) -> Response:
         labels = [{"index": x.index, "label": x.label, "label_zh": x.label_zh} for x in self._labels]
@@ -160,7 +160,7 @@ class Api:
     v2_model_ready = v2_ready
 
     async def v2_model(self, request: Request) -> Response:
-        backend = (await self._public_model_info())["backend"]
+        backend = (await self._public_model_info(time.monotonic() + self._settings.request_timeout_s))["backend"]
         return JSONResponse(v2.model_metadata(PLATFORMS.get(backend, backend)))
 
     async def v2_infer(self, request: Request) -> Response:
@@ -168,12 +168,12 @@ class Api:
         body = await within(deadline, read_body(request, self._settings.max_upload_bytes), self._late_upload())
         parsed = v2.parse_infer_request(body, request.headers.get(v2.HEADER_LENGTH), self._settings.max_images_per_request)
         k = parsed.classification or v2.NUM_CLASSES
-        work = (self._model.classify(parsed.images, k) if parsed.images is not None
+        work = (self._model.classify(parsed.images, k, deadline) if parsed.images is not None
                 else self._model.classify_pixels(parsed.pixels, k))
         answer = await within(deadline, work, self._late_answer())
         if answer.errors:  # a tensor has no place for one row's error: the request fails, naming the image
             row, error = min(answer.errors.items())
-            raise error if isinstance(error, _WHOLE_REQUEST_ERRORS) else type(error)(f"image {row}: {error.message}")
+            raise type(error)(f"image {row}: {error.message}")
         content, headers = v2.infer_response(parsed, answer, self._labels)
         return Response(content, headers=headers)
 
@@ -190,16 +190,14 @@ class Api:
             headers={"Retry-After": str(self._settings.retry_after_s)},
         )
 
-    async def _classified(self, request: Request, k: int, only_one: bool = False) -> tuple[list[Upload], TopK]:
+    async def _classified(self, request: Request, k: int, deadline: float,
+                          only_one: bool = False) -> tuple[list[Upload], TopK]:
         """The request's uploads and their top k, within the request's deadline."""
-        deadline = time.monotonic() + self._settings.request_timeout_s
         uploads = await within(deadline, read_uploads(request, self._settings), self._late_upload())
         if only_one and len(uploads) != 1:
             raise TooManyImagesError("/predict takes exactly one `file`; use /v1/classify for several")
-        answer = await within(deadline, self._model.classify([u.data for u in uploads], k), self._late_answer())
-        for error in answer.errors.values():
-            if isinstance(error, _WHOLE_REQUEST_ERRORS):
-                raise error
+        answer = await within(deadline, self._model.classify([u.data for u in uploads], k, deadline),
+                              self._late_answer())
         return uploads, answer
 
     def _predictions(self, answer: TopK, row: int) -> list[dict]:
@@ -217,9 +215,13 @@ class Api:
             entry["predictions"] = self._predictions(answer, row)
         return entry
 
-    async def _public_model_info(self) -> dict[str, Any]:
+    async def _public_model_info(self, deadline: float) -> dict[str, Any]:
+        """What model answers, asked of a replica once, and no later than the request's deadline."""
         if self._model_info is None:
-            self._model_info = public_model_info(await self._model.info())
+            unavailable = ModelUnavailableError(
+                "the model deployment did not say what it runs within the request timeout: retry after the "
+                "Retry-After delay", headers={"Retry-After": str(self._settings.retry_after_s)})
+            self._model_info = public_model_info(await within(deadline, self._model.info(), unavailable))
         return self._model_info
 
 

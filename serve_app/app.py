@@ -13,4 +13,4 @@ from serve_app.settings import AppSettings
 
 def build(args: dict[str, Any] | None = None) -> Application:
     settings = AppSettings.from_args(args)
-    return Ingress.bind(Classifier.bind(settings.model), settings)
+    return Ingress.bind(Classifier.bind(settings.model, settings.ingress.decode_limits), settings)

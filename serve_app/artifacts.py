@@ -38,7 +38,8 @@ class ArtifactError(WeightsError):
 
 
 Progress = Callable[[str], None]
-EXPORT_STEPS = 4
+EXPORT_STEPS = 5
+INT8_CHECK = "int8_check"  # the manifest's record of INT8 against FP32 on photos it never calibrated on
 
 
 @dataclass(frozen=True)
@@ -79,11 +80,11 @@ SERVED_RECIPE = RECIPES["classifier-fp32-percentile-gptq"]
 def export_artifacts(settings: ModelSettings, out_dir: Path, progress: Progress = lambda step: None) -> dict:
     import torch
 
-    from serve_app.calibration import calibration_batch, calibration_identity
+    from serve_app.calibration import calibration_batch, calibration_identity, held_out_batch
     from serve_app.network import build_network
-    from serve_app.weights import resolve_weights
+    from serve_app.weights import weights_for
 
-    source = resolve_weights(settings.weights, calibration_images=settings.calibration_images)
+    source = weights_for(settings)
     progress(f"[1/{EXPORT_STEPS}] network from the {source.kind} weights")
     network = build_network(source, settings)
     example = torch.zeros(2, 224, 224, 3, dtype=torch.uint8)
@@ -96,10 +97,14 @@ def export_artifacts(settings: ModelSettings, out_dir: Path, progress: Progress 
     progress(f"[4/{EXPORT_STEPS}] ONNX INT8: ranges from photos, weights rounded by GPTQ")
     quantize_int8(out_dir / ARTIFACT_FILES["onnx"], out_dir / ARTIFACT_FILES["onnx-int8"],
                   calibration_batch(settings.calibration_images))
+    photos, which = held_out_batch(settings.calibration_images)
+    progress(f"[5/{EXPORT_STEPS}] INT8 checked against FP32 on {which}")
+    agreement = int8_agreement(out_dir / ARTIFACT_FILES["onnx"], out_dir / ARTIFACT_FILES["onnx-int8"], photos)
     manifest = {
         "weights": source.describe(),
         "calibration_sha256": calibration_identity(settings.calibration_images),
         "int8_recipe": SERVED_RECIPE.name,
+        INT8_CHECK: {"top1_agreement": round(agreement, 4), "images": len(photos), "photos": which},
         "artifacts": {
             backend: {"file": name, "sha256": file_sha256(out_dir / name)} for backend, name in ARTIFACT_FILES.items()
         },
@@ -161,6 +166,33 @@ def quantize_int8(fp32_path: Path, int8_path: Path, photos, recipe: Int8Recipe =
             onnx.save(model, str(int8_path))
 
 
+def int8_agreement(fp32_path: Path, int8_path: Path, photos) -> float:
+    """The share of `photos` (uint8 NHWC) on which the INT8 model's top-1 class is FP32's."""
+    import numpy as np
+    import onnxruntime as ort
+
+    def top1(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        batches = [session.run([OUTPUT_NAME], {INPUT_NAME: photos[i : i + 16]})[0] for i in range(0, len(photos), 16)]
+        return np.concatenate(batches).argmax(1)
+
+    return float((top1(fp32_path) == top1(int8_path)).mean())
+
+
+def int8_check(settings: ModelSettings, source: WeightsSource) -> dict:
+    """What the manifest of the artifacts the replicas load says of INT8 against FP32. Artifacts
+    exported before the check existed are checked now (nothing is written into their folder)."""
+    folder = artifact_path(settings, source, "onnx-int8").parent
+    check = json.loads((folder / MANIFEST).read_text()).get(INT8_CHECK)
+    if check is None:
+        from serve_app.calibration import held_out_batch
+
+        photos, which = held_out_batch(settings.calibration_images)
+        agreement = int8_agreement(artifact_path(settings, source, "onnx"), folder / ARTIFACT_FILES["onnx-int8"], photos)
+        check = {"top1_agreement": round(agreement, 4), "images": len(photos), "photos": which}
+    return check
+
+
 def verified_artifact(folder: Path, source: WeightsSource, backend: str) -> Path:
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
@@ -186,8 +218,9 @@ def artifact_path(settings: ModelSettings, source: WeightsSource, backend: str, 
     from serve_app.cache import cache_folder
     from serve_app.calibration import calibration_identity
 
-    # INT8 ranges depend on the calibration photos and the recipe as well as the weights.
-    key = f"{source.sha256[:16]}-{calibration_identity(settings.calibration_images)[:8]}-{SERVED_RECIPE.name}"
+    # INT8 ranges depend on the calibration photos and the recipe as well as the weights; "checked":
+    # the manifest records INT8's agreement with FP32 (caches from before it are rebuilt).
+    key = f"{source.sha256[:16]}-{calibration_identity(settings.calibration_images)[:8]}-{SERVED_RECIPE.name}-checked"
     folder = cache_folder(settings.cache_dir) / "artifacts" / key
     if not (folder / MANIFEST).is_file():
         build_in_child_process(settings, folder, progress)

@@ -1,29 +1,48 @@
-"""The photos that calibrate the stand-in's batch norm and the INT8 quantization ranges."""
+"""The photos that calibrate the stand-in's batch norm and the INT8 quantization ranges, and the
+photos that check INT8 afterwards (never the same pixels)."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-from serve_app.settings import CALIBRATION_ENV_VAR, environment
+from serve_app.imaging import IMAGE_SUFFIXES
+from serve_app.settings import CALIBRATION_ENV_VAR, SHARED_IMAGES, environment
 from serve_app.weights import WeightsError
 
 CALIBRATION_IMAGES = 32
-_REPO_SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+HELD_OUT_IMAGES = 200  # at most, for the INT8 check
+MIN_HELD_OUT_IMAGES = 16  # fewer left over: the check uses the calibration photos mirrored
 
 
-def calibration_files(configured: str | None = None) -> list[Path]:
-    """The first 32 photos (by name) of the configured folder, $SERVE_APP_CALIBRATION_IMAGES,
-    or the shared/images folder beside the repository."""
-    folder = Path(configured or environment(CALIBRATION_ENV_VAR) or _REPO_SHARED_IMAGES).expanduser()
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
+def photo_files(configured: str | None = None) -> list[Path]:
+    """Every photo (by name) of the configured folder, $SERVE_APP_CALIBRATION_IMAGES, or the
+    shared/images folder beside the repository."""
+    folder = Path(configured or environment(CALIBRATION_ENV_VAR) or SHARED_IMAGES).expanduser()
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
     if not files:
         raise WeightsError(
             f"calibration needs real photos, but {folder} holds none. "
             f"Set `calibration_images` or {CALIBRATION_ENV_VAR} to a folder of JPEGs."
         )
-    return files[:CALIBRATION_IMAGES]
+    return files
+
+
+def calibration_files(configured: str | None = None) -> list[Path]:
+    """The first 32 photos of the calibration folder."""
+    return photo_files(configured)[:CALIBRATION_IMAGES]
+
+
+def held_out_batch(configured: str | None = None):
+    """Photos INT8 never calibrated on, as one uint8 batch, and what they are: the folder's photos after
+    the first 32 (up to 200) or, where fewer than 16 are left, the calibration photos mirrored."""
+    import numpy as np
+
+    held_out = photo_files(configured)[CALIBRATION_IMAGES : CALIBRATION_IMAGES + HELD_OUT_IMAGES]
+    if len(held_out) >= MIN_HELD_OUT_IMAGES:
+        return photo_batch(held_out), f"{len(held_out)} held-out photos"
+    mirrored = np.ascontiguousarray(calibration_batch(configured)[:, :, ::-1])
+    return mirrored, f"{len(mirrored)} calibration photos mirrored (too few held-out photos)"
 
 
 def calibration_identity(configured: str | None = None) -> str:

@@ -15,6 +15,7 @@ batches spend less CPU per image (benchmarks/results/batching.md).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import Counter
@@ -23,14 +24,16 @@ import numpy as np
 import ray
 from ray import serve
 
-from serve_app.backends import load_backend
+from serve_app.autoscaling import IMAGES_IN_FLIGHT, TimeAverage
+from serve_app.backends import choose_backend, load_backend
 from serve_app.errors import ServiceError
 from serve_app.predictions import NUM_CLASSES, ImageBatch, TopK, softmax, top_k_rows
-from serve_app.settings import BatchSettings, ModelSettings
+from serve_app.settings import BatchSettings, DecodeLimits, ModelSettings
 from serve_app.telemetry import ModelMetrics
-from serve_app.weights import resolve_weights
+from serve_app.weights import weights_for
 
 _DEFAULT_BATCH = BatchSettings()
+log = logging.getLogger("ray.serve")
 
 
 def replica_cpu_count() -> int:
@@ -44,11 +47,14 @@ def replica_cpu_count() -> int:
 
 @serve.deployment(name="Classifier")
 class Classifier:
-    def __init__(self, settings: ModelSettings):
+    def __init__(self, settings: ModelSettings, decode_limits: DecodeLimits):
         started = time.perf_counter()
-        source = resolve_weights(settings.weights, calibration_images=settings.calibration_images)
+        source = weights_for(settings)
         threads = replica_cpu_count()
-        self._backend = load_backend(settings, source, threads)
+        choice = choose_backend(settings, source)
+        if choice.warning:
+            log.warning("%s", choice.warning)
+        self._backend = load_backend(settings, source, threads, choice.name)
         self._info = {
             "architecture": "resnet18",
             "weights": source.describe(),
@@ -57,11 +63,16 @@ class Classifier:
             "threads": threads,
             "load_seconds": round(time.perf_counter() - started, 3),
         }
+        if choice.int8_check:
+            self._info["int8_check"] = {**choice.int8_check, "min_agreement": settings.int8_min_agreement,
+                                        "warning": choice.warning}
         self._batch = _DEFAULT_BATCH
-        self._inside = 0  # requests in this replica: queued for a batch or computing
+        self._inside = 0  # calls in this replica: queued for a batch or computing
+        self._images_in_flight = TimeAverage()
         self._batch_sizes: Counter[int] = Counter()  # how full batches run, since start
         self._metrics = ModelMetrics(self._backend.name)
         self._decode_device = None
+        self._decode_limits = decode_limits
         if settings.decode_on_replica:
             import torch  # only replicas that decode need it (ONNX replicas otherwise never import torch)
 
@@ -69,24 +80,49 @@ class Classifier:
         self._info["decodes_jpeg"] = self._decode_device is not None
 
     def reconfigure(self, user_config: dict) -> None:
-        self._batch = BatchSettings.model_validate(user_config or {})
+        batch = BatchSettings.model_validate(user_config or {})
+        largest = getattr(self._backend, "max_batch_size", None)
+        if largest is not None and batch.max_batch_size > largest:
+            raise ValueError(
+                f"user_config max_batch_size {batch.max_batch_size} is larger than the largest batch the "
+                f"{self._backend.name} backend captured ({largest}): lower max_batch_size or add "
+                f"{batch.max_batch_size} to model.graph_batch_sizes"
+            )
+        self._batch = batch
         self._classify_batch.set_max_batch_size(self._batch.max_batch_size)
 
-    async def classify(self, images: ImageBatch) -> TopK:
-        """The top k of each image of one request, computed in a batch with other requests' images."""
-        # Set before enqueueing: the batch loop reads the wait when this request starts a batch.
+    async def classify(self, requests: list[ImageBatch]) -> list[TopK]:
+        """The top k of each image of each request in one call from an ingress replica (the requests
+        it held together), computed in a batch with other calls' images."""
+        # Set before enqueueing: the batch loop reads the wait when this call starts a batch.
         self._classify_batch.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s if self._inside else 0.0)
+        images = sum(len(request) for request in requests)
         self._inside += 1
+        self._images_in_flight.add(images)
         try:
-            return await self._classify_batch(images)
+            return await self._classify_batch(requests)
         finally:
             self._inside -= 1
+            self._images_in_flight.add(-images)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """The custom metric serve_app.autoscaling scales the model deployment on: the mean number of
+        images in this replica (queued or computing) since the last report."""
+        return {IMAGES_IN_FLIGHT: self._images_in_flight.mean_since_last_read()}
 
     @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=0.0)
-    async def _classify_batch(self, requests: list[ImageBatch]) -> list[TopK]:
-        """Every request's pixels as one batch, and every JPEG to decode here as another, each run in
-        chunks of max_batch_size images (a request may carry many); then each request's rows back,
-        as top k."""
+    async def _classify_batch(self, calls: list[list[ImageBatch]]) -> list[list[TopK]]:
+        """Every call's requests together: their pixels as one batch, and every JPEG to decode here as
+        another, each run in chunks of max_batch_size images; then each request's rows back, as top k."""
+        requests = [request for call in calls for request in call]
+        answers = await self._answers(requests)
+        grouped, start = [], 0
+        for call in calls:
+            grouped.append(answers[start : start + len(call)])
+            start += len(call)
+        return grouped
+
+    async def _answers(self, requests: list[ImageBatch]) -> list[TopK]:
         chunk = self._batch.max_batch_size
         pixels = np.concatenate([r.pixels for r in requests])
         probabilities = [await self._probabilities(pixels[i : i + chunk]) for i in range(0, len(pixels), chunk)]
@@ -109,7 +145,7 @@ class Classifier:
 
         if self._decode_device is None:
             raise RuntimeError("this model deployment does not decode (model.decode_on_replica is false)")
-        decoded = await asyncio.to_thread(decode_batch, encoded, self._decode_device)
+        decoded = await asyncio.to_thread(decode_batch, encoded, self._decode_device, self._decode_limits)
         probabilities = None if decoded.images is None else await self._probabilities(decoded.images)
         return in_batch_order(decoded, probabilities, len(encoded))
 

@@ -1,4 +1,4 @@
-"""Client errors as types. Each has a stable `code` and its HTTP `status`: the one status table."""
+"""Errors as types. Each has a stable `code` and its HTTP `status`: the one status table."""
 
 
 class ServiceError(Exception):
@@ -79,6 +79,22 @@ class OverloadedError(ServiceError):
 
     code = "overloaded"
     status = 503
+
+
+class InferenceFailedError(ServiceError):
+    """The model failed on the batch this request was in (500). Only that batch's requests fail;
+    the replica goes on serving."""
+
+    code = "inference_failed"
+    status = 500
+
+
+class InternalError(ServiceError):
+    """The service's own code failed on this request (500): answered, counted and logged like every
+    other error, with the request id, instead of a plain-text page."""
+
+    code = "internal_error"
+    status = 500
 
 
 class ModelUnavailableError(ServiceError):

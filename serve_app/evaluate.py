@@ -19,16 +19,15 @@ import numpy as np
 
 from serve_app.backends import load_backend
 from serve_app.calibration import calibration_files
-from serve_app.imaging import load_image
+from serve_app.imaging import IMAGE_SUFFIXES, load_image
 from serve_app.labels import class_index_by_wnid
 from serve_app.predictions import softmax
 from serve_app.settings import ModelSettings
-from serve_app.weights import WeightsError, WeightsSource, resolve_weights
+from serve_app.weights import WeightsError, WeightsSource, weights_for
 
 REFERENCE_BACKEND = "torch"
 BATCH = 16
 _SYNSET = re.compile(r"^(n\d{8})")
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 @dataclass(frozen=True)
@@ -62,10 +61,12 @@ class Evaluation:
     reports: list[BackendReport]
     images: int  # compared
     skipped: int  # calibration photos left out
+    int8_check: dict | None = None  # what the INT8 artifact's manifest recorded when it was built
+    int8_min_agreement: float | None = None
 
 
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def without_calibration_photos(files: list[Path], calibration_images: str | None) -> list[Path]:
@@ -88,7 +89,7 @@ def true_class(path: Path) -> int | None:
 def probabilities(
     settings: ModelSettings, backend: str, photos: np.ndarray, threads: int, source: WeightsSource | None = None
 ) -> np.ndarray:
-    source = source or resolve_weights(settings.weights, calibration_images=settings.calibration_images)
+    source = source or weights_for(settings)
     chosen = ModelSettings.model_validate({**settings.model_dump(), "backend": backend})  # rejects unknown names
     runner = load_backend(chosen, source, threads)
     return softmax(np.concatenate([runner.infer(photos[i : i + BATCH]) for i in range(0, len(photos), BATCH)]))
@@ -105,7 +106,7 @@ def evaluate(settings: ModelSettings, folder: Path, backends: list[str], threads
     truth_array = np.array([t if t is not None else -1 for t in truth])
     accuracy = labelled.any()
 
-    source = resolve_weights(settings.weights, calibration_images=settings.calibration_images)  # hashed once
+    source = weights_for(settings)  # hashed once
     reference = probabilities(settings, REFERENCE_BACKEND, photos, threads, source)
     reports = []
     for backend in [REFERENCE_BACKEND, *[b for b in backends if b != REFERENCE_BACKEND]]:
@@ -117,7 +118,12 @@ def evaluate(settings: ModelSettings, folder: Path, backends: list[str], threads
             top1_accuracy=float((top5[labelled, 0] == truth_array[labelled]).mean()) if accuracy else None,
             top5_accuracy=float((top5[labelled] == truth_array[labelled, None]).any(1).mean()) if accuracy else None,
         ))
-    return Evaluation(reports, len(files), len(every_file) - len(files))
+    check = None
+    if "onnx-int8" in backends:
+        from serve_app.artifacts import int8_check
+
+        check = int8_check(settings, source)
+    return Evaluation(reports, len(files), len(every_file) - len(files), check, settings.int8_min_agreement)
 
 
 def format_reports(evaluation: Evaluation, weights: str) -> str:
@@ -135,5 +141,13 @@ def format_reports(evaluation: Evaluation, weights: str) -> str:
             f"{r.backend:12s} {percent(f.top1_agreement):>16s} {percent(f.top5_overlap):>14s} "
             f"{f.mean_abs_prob_error:>10.2e} {f.max_abs_prob_error:>9.2e} {percent(r.top1_accuracy):>10s} "
             f"{percent(r.top5_accuracy):>10s}"
+        )
+    check = evaluation.int8_check
+    if check:
+        verdict = "passes" if check["top1_agreement"] >= evaluation.int8_min_agreement else "FAILS"
+        lines.append(
+            f"onnx-int8 build check (manifest): {percent(check['top1_agreement'])} top-1 agreement with FP32 on "
+            f"{check['photos']}; {verdict} int8_min_agreement {percent(evaluation.int8_min_agreement)}"
+            + ("" if verdict == "passes" else " (backend: auto serves ONNX FP32)")
         )
     return "\n".join(lines)

@@ -20,12 +20,15 @@ from serve_app.errors import (
     UnsupportedMediaTypeError,
 )
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}  # what the CLI and calibration read from folders
 RESIZE_SIZE = 256
 CROP_SIZE = 224
 # JPEG reduced-size decoding keeps both sides at least this long: see decode_image.
 DRAFT_MIN_SIDE = 3 * RESIZE_SIZE
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+
+
 
 # Past this, resizing the whole image would allocate far more than the crop needs: resize only
 # the crop's source region instead (within one grey level of the reference, and bounded in memory).

@@ -21,7 +21,7 @@ from serve_app.telemetry import IngressMetrics
 class Ingress:
     def __init__(self, classifier: DeploymentHandle, settings: AppSettings):
         metrics = IngressMetrics()
-        model = RayModelClient(classifier, settings, on_decoded=metrics.decode_seconds.observe)
+        model = RayModelClient(classifier, settings, on_decoded=metrics.decode_seconds.observe, on_call=metrics.model_call)
         self._app = build_app(model, settings, metrics)
 
     def __serve_build_asgi_app__(self) -> Starlette:

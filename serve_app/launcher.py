@@ -15,6 +15,7 @@ it as written and watches it the same way until it runs, then leaves it running.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sys
@@ -28,8 +29,8 @@ import yaml
 
 from serve_app.fitting import DoesNotFit, check_cluster_fit, fit_to_machine, unschedulable_message
 from serve_app.processes import descendants, kill_all
-from serve_app.settings import AppSettings
-from serve_app.weights import WeightsError, resolve_weights
+from serve_app.settings import SECRET_ENV_VARS, SERVICE_ENV_VARS, AppSettings
+from serve_app.weights import WeightsError, weights_for
 
 # Ray Serve's high-throughput settings, as Ray's KubeRay guide recommends (Ray >= 2.56):
 # - throughput-optimized mode: replicas talk over gRPC directly, user code runs on the replica's
@@ -47,6 +48,9 @@ UNSCHEDULABLE_MARK = "to be scheduled"  # in that status message
 STOP_BUDGET_S = 6.0  # for Ray's own shutdown; what is left after it is killed
 READY_TIMEOUT_S = 600.0
 RAY_LOGS = "/tmp/ray/session_latest/logs"
+SERVE_LOGS = f"{RAY_LOGS}/serve"
+# The last line of a traceback: a (qualified) exception class, then its message.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure))(?::\s|$)")
 
 
 class StartFailed(RuntimeError):
@@ -77,12 +81,13 @@ def serve_locally(config_path: Path, *, fit: bool = True) -> int:
                        f"http_options.port in {config_path}")
         return 2
     try:
-        source = resolve_weights(settings.model.weights, calibration_images=settings.model.calibration_images)
+        source = weights_for(settings.model)
     except WeightsError as exc:
         terminal.error(str(exc))
         return 2
     terminal.say(f"weights ok: {source.name} ({source.kind}) sha256={source.sha256[:16]}")
 
+    previous_sigint = signal.signal(signal.SIGINT, _interrupt)
     previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     code = 0
     try:
@@ -95,6 +100,7 @@ def serve_locally(config_path: Path, *, fit: bool = True) -> int:
         # Again: ray.init installs a SIGTERM handler of its own, which prints a stack and kills the
         # process without stopping Ray.
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
         resources = ray.cluster_resources()
         cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
         terminal.say(f"Ray found {cpus:g} CPUs and {gpus:g} GPUs on this machine")
@@ -123,9 +129,9 @@ def serve_locally(config_path: Path, *, fit: bool = True) -> int:
         terminal.error(f"{exc}\n(Ray's logs: {RAY_LOGS})")
         code = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        _ignore_stop_signals()  # also when the run ended without one
         stop_local_ray()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous_sigint)
         signal.signal(signal.SIGTERM, previous_sigterm)
     terminal.say("stopped")
     return code
@@ -147,6 +153,11 @@ def deploy_to_cluster(config_path: Path, address: str) -> int:
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
         for warning in check_cluster_fit(config, nodes, str(config_path)):
             terminal.say(f"warning: {warning}")
+        config, forwarded = with_service_environment(config, os.environ)
+        if forwarded:
+            terminal.say(f"forwarding to the replicas (runtime_env env_vars): {forwarded}")
+        for name in sorted(unknown_service_variables(os.environ)):
+            terminal.say(f"warning: {name} is set here but is not a setting this service reads; ignored")
         deploy(config)
         terminal.say(f"deployed {config_path} to {address}; replicas starting")
         watch_until_running(config, str(config_path), terminal, base_url=None)
@@ -155,8 +166,45 @@ def deploy_to_cluster(config_path: Path, address: str) -> int:
     except (DoesNotFit, StartFailed, TimeoutError) as exc:
         terminal.error(str(exc))
         return 1
+    except Exception as exc:  # Serve refused the deploy itself (its proxy could not start, ...)
+        terminal.error(f"Serve could not deploy {config_path}: {failure_cause(str(exc))}\n"
+                       f"(Serve's logs: {SERVE_LOGS} on the head node)")
+        return 1
     finally:
         ray.shutdown()  # disconnects; the application keeps running on the cluster
+
+
+def with_service_environment(config: dict[str, Any], environ) -> tuple[dict[str, Any], str]:
+    """`config` with the service's environment overrides set here (SERVE_APP_WEIGHTS, ...) added to
+    every application's runtime_env env_vars, where the app builder and the replicas read them, as a
+    local run does; and what was forwarded, API keys masked ("" when nothing was)."""
+    forwarded = {name: environ[name] for name in SERVICE_ENV_VARS if environ.get(name)}
+    if not forwarded:
+        return config, ""
+    config = {**config, "applications": [dict(app) for app in config["applications"]]}
+    for app in config["applications"]:
+        runtime_env = dict(app.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), **forwarded}
+        app["runtime_env"] = runtime_env
+    shown = ", ".join(f"{name}={'*' * 8 if name in SECRET_ENV_VARS else value}" for name, value in forwarded.items())
+    return config, shown
+
+
+def unknown_service_variables(environ) -> list[str]:
+    """SERVE_APP_* variables set here that the service does not read (a typo, most likely)."""
+    return [name for name in environ if name.startswith("SERVE_APP_") and name not in SERVICE_ENV_VARS]
+
+
+def failure_cause(message: str) -> str:
+    """From a deployment's status message (Serve's summary, then the replica's whole traceback):
+    the exception's type and message alone, e.g. "WeightsError: the official weights are not in ..."."""
+    lines = message.splitlines()
+    for at in range(len(lines) - 1, -1, -1):
+        match = _EXCEPTION_LINE.match(lines[at])
+        if match:
+            first = match.group(1) + lines[at][match.end(1):]
+            return "\n".join([first, *lines[at + 1 :]]).strip()
+    return message.strip()
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -170,10 +218,13 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 def prepare_artifacts(settings: AppSettings, source, gpus: float, terminal: Terminal) -> None:
-    """Build what the backend loads into the cache now, with progress, rather than silently in a replica."""
+    """Build what the backend loads into the cache now, with progress, rather than silently in a
+    replica; and say how INT8 fared against FP32 where it is in question."""
     from serve_app.artifacts import ARTIFACT_FILES, artifact_path
+    from serve_app.backends import choose_backend
 
-    backend = settings.model.resolved_backend("cuda" if gpus else "cpu")
+    device = "cuda" if gpus else "cpu"
+    backend = settings.model.resolved_backend(device)
     if backend not in ARTIFACT_FILES:
         return
     started = time.monotonic()
@@ -188,7 +239,13 @@ def prepare_artifacts(settings: AppSettings, source, gpus: float, terminal: Term
     artifact_path(settings.model, source, backend, progress)
     if steps:
         terminal.say(f"  artifacts built in {time.monotonic() - started:.0f}s")
-    terminal.say(f"artifacts ok: {backend}")
+    choice = choose_backend(settings.model, source, device)
+    if choice.warning:
+        terminal.say(f"WARNING: {choice.warning}")
+    elif choice.int8_check:
+        terminal.say(f"INT8 agrees with FP32 on {choice.int8_check['top1_agreement']:.1%} of top-1 answers "
+                     f"({choice.int8_check['photos']})")
+    terminal.say(f"artifacts ok: {choice.name}")
 
 
 def deploy(config: dict[str, Any]) -> None:
@@ -216,12 +273,8 @@ def watch_until_running(config: dict[str, Any], config_name: str, terminal: Term
     while time.monotonic() < deadline:
         applications = serve.status().applications
         for app_name, app in applications.items():
-            if app.status == "DEPLOY_FAILED":
-                raise StartFailed(f"application {app_name!r} failed to deploy: {app.message}")
             for name, deployment in app.deployments.items():
                 _report_replicas(name, deployment, reported, terminal)
-                if deployment.status == "DEPLOY_FAILED":
-                    raise StartFailed(f"deployment {name!r} failed to start: {deployment.message}")
                 if UNSCHEDULABLE_MARK in deployment.message:
                     import ray
 
@@ -229,6 +282,18 @@ def watch_until_running(config: dict[str, Any], config_name: str, terminal: Term
                         config, name, ray.cluster_resources(), ray.available_resources(),
                         time.monotonic() - started, config_name,
                     ))
+            failed = [(name, d) for name, d in app.deployments.items()
+                      if _word(d.status) == "deploy_failed"
+                      or (app.status == "DEPLOY_FAILED" and _word(d.status) != "healthy" and d.message)]
+            if failed:
+                name, deployment = failed[0]
+                raise StartFailed(
+                    f"deployment {name!r} of application {app_name!r} failed to start: "
+                    f"{failure_cause(deployment.message)}\n(the whole traceback: the replica's log, "
+                    f"{SERVE_LOGS}/replica_{app_name}_{name}_*.log on its node, and Serve's controller "
+                    f"log, {SERVE_LOGS}/controller_*.log on the head node)")
+            if app.status == "DEPLOY_FAILED":
+                raise StartFailed(f"application {app_name!r} failed to deploy: {failure_cause(app.message)}")
         names = [app["name"] for app in config["applications"]]
         if all(applications.get(name) and applications[name].status == "RUNNING" for name in names):
             if base_url is None or _healthy(base_url):
@@ -285,4 +350,12 @@ def stop_local_ray() -> None:
 
 
 def _interrupt(signum, frame) -> None:
+    """The first Ctrl-C or SIGTERM stops the run; later ones (an impatient operator, a supervisor) are
+    ignored, so they cannot cut the cleanup short."""
+    _ignore_stop_signals()
     raise KeyboardInterrupt
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -78,7 +78,8 @@ SCHEMAS = {
         "model": ref("Model")}},
     "Health": {"type": "object", "required": ["status"], "properties": {
         "status": {"type": "string", "enum": ["ok", "unavailable"]}, "model": ref("Model"),
-        "replica": {"type": "object"}, "reason": {"type": "string"}}},
+        "replica": {"type": "object"}, "reason": {"type": "string"},
+        "ingress": {"type": "object", "description": "this ingress replica's requests, model calls and requests per call"}}},
     "Labels": {"type": "object", "required": ["count", "labels"], "properties": {
         "count": {"type": "integer"}, "labels": {"type": "array", "items": {
             "type": "object", "required": ["index", "label", "label_zh"], "properties": {

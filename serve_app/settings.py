@@ -8,6 +8,7 @@ device and a backend, and the environment variables the service reads. Ray-manag
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,14 @@ MODEL_ENV_OVERRIDES = {WEIGHTS_ENV_VAR: "weights", ARTIFACTS_ENV_VAR: "artifacts
 API_KEYS_ENV_VAR = "SERVE_APP_API_KEYS"
 CALIBRATION_ENV_VAR = "SERVE_APP_CALIBRATION_IMAGES"
 CACHE_ENV_VAR = "SERVE_APP_CACHE"
+# The 100 ImageNet photos beside the repository (calibration's default folder, tests, benchmarks).
+SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
+# Test only: model backends fail their first N forward passes (serve_app/backends FailingFirst).
+FAIL_FIRST_BATCHES_ENV_VAR = "SERVE_APP_TEST_FAIL_FIRST_BATCHES"
+# Every variable the service reads, and those whose values are secrets (never printed).
+SERVICE_ENV_VARS = (WEIGHTS_ENV_VAR, ARTIFACTS_ENV_VAR, API_KEYS_ENV_VAR, CALIBRATION_ENV_VAR, CACHE_ENV_VAR,
+                    FAIL_FIRST_BATCHES_ENV_VAR)
+SECRET_ENV_VARS = (API_KEYS_ENV_VAR,)
 
 # Every backend, by name (serve_app/backends registers a class for each).
 BACKENDS = {
@@ -64,6 +73,15 @@ def resolve_device(device: DeviceName) -> Literal["cpu", "cuda", "mps"]:
     return "cuda" if gpus.is_dir() and any(gpus.iterdir()) else "cpu"
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """How far decoding may go, wherever it happens: the ingress's settings, handed to model replicas
+    that decode (`decode_on_replica`) so that both paths apply the same ones."""
+
+    max_image_pixels: int
+    draft: bool
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -75,6 +93,15 @@ class ModelSettings(_Strict):
             "'torchvision' (official IMAGENET1K_V1 file from the torch hub cache, downloaded "
             "there if the network allows), 'standin' (deterministic seeded weights for tests "
             "and offline demos), or a path to a ResNet-18 state dict."
+        ),
+    )
+    weights_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description=(
+            "The weights file's full sha256, where you know it: a file that differs is refused. Without it, "
+            "a file named like torchvision's (`resnet18-f37072fd.pth`) must match the hash prefix in its name "
+            "(all torch.hub checks), and any file must fit ResNet-18 exactly."
         ),
     )
     backend: BackendName = Field(
@@ -98,6 +125,16 @@ class ModelSettings(_Strict):
         None,
         description="Prepared artifacts (`python -m serve_app export --out DIR`); default: build into the cache.",
     )
+    int8_min_agreement: float = Field(
+        0.97,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "INT8 proves itself on every build: its top-1 agreement with FP32 on photos it did not calibrate "
+            "on is measured and recorded in the artifacts' manifest. Under this share, `backend: auto` serves "
+            "ONNX FP32 instead; an explicit `onnx-int8` serves INT8 with a warning."
+        ),
+    )
     onnx_spinning: bool = Field(
         False, description="Let ONNX Runtime's idle threads spin (only pays when the replica owns its cores)."
     )
@@ -120,10 +157,11 @@ class ModelSettings(_Strict):
     )
 
     def resolved_backend(self, device: str | None = None) -> str:
-        """The backend to run, with `auto` resolved for `device` (default: this process's device)."""
+        """The backend to run, with `auto` resolved for the configured device, or where that is `auto`
+        for `device` (default: this process's device)."""
         if self.backend != "auto":
             return self.backend
-        return AUTO_BACKENDS[device or resolve_device(self.device)]
+        return AUTO_BACKENDS[self.device if self.device != "auto" else (device or resolve_device("auto"))]
 
 
 class IngressSettings(_Strict):
@@ -132,6 +170,16 @@ class IngressSettings(_Strict):
         40_000_000, ge=1, description="Largest width x height decoded (413 above; stops decompression bombs)."
     )
     max_images_per_request: int = Field(32, ge=1, le=1024, description="Most `file` parts in one request.")
+    max_images_per_call: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description=(
+            "Most images in one call from an ingress replica to the model deployment. Concurrent requests "
+            "travel together: one that finds no call in flight goes at once, the rest go together when it "
+            "returns, and a call this full goes at once. Keep it near the model's max_batch_size."
+        ),
+    )
     default_top_k: int = Field(3, ge=1, le=1000, description="Classes returned when the request names no top_k.")
     draft_decode: bool = Field(
         True, description="Decode large JPEGs at reduced size (DCT scaling) before the reference resize."
@@ -154,12 +202,17 @@ class IngressSettings(_Strict):
         description="Origins whose pages may call the API from a browser (CORS); none by default. '*' allows any.",
     )
 
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(self.max_image_pixels, self.draft_decode)
+
 
 class AuthSettings(_Strict):
     api_keys: list[SecretStr] = Field(
         default_factory=list,
         description=(
-            "When not empty, every route but /healthz and the page's files needs `Authorization: Bearer <key>`. "
+            "When not empty, every route the route table does not mark open (GET /openapi.json marks the "
+            "others with `security`) needs `Authorization: Bearer <key>`. "
             f"${API_KEYS_ENV_VAR} (comma-separated) replaces this list, so keys can stay out of the config file."
         ),
     )

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import time
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.routes import route_label
-from serve_app.scope import header, route_path
+from serve_app.errors import InternalError
+from serve_app.routes import error_response, route_label
+from serve_app.scope import header, note_error, route_path
 
 # Serve's own logger: its handlers write to the replica's log file, as JSON when the config's
 # logging_config says `encoding: JSON`, and they add the request id, route and replica.
@@ -38,8 +40,20 @@ class IngressMetrics:
             "serve_app_decode_seconds", description="Decode + preprocess time per image.", boundaries=SECONDS_BUCKETS
         )
 
+        self.requests_per_call = metrics.Histogram(
+            "serve_app_requests_per_call", description="Requests an ingress replica sent in one model call.",
+            boundaries=BATCH_SIZE_BUCKETS,
+        )
+        self.images_per_call = metrics.Histogram(
+            "serve_app_images_per_call", description="Images in one model call.", boundaries=BATCH_SIZE_BUCKETS
+        )
+
     def rejected(self, reason: str) -> None:
         self.rejected_uploads.inc(tags={"reason": reason})
+
+    def model_call(self, requests: int, images: int) -> None:
+        self.requests_per_call.observe(requests)
+        self.images_per_call.observe(images)
 
 
 class ModelMetrics:
@@ -62,7 +76,8 @@ class ModelMetrics:
 
 class RequestTelemetry:
     """ASGI middleware, the outermost: counts every answer by route and status, and every refusal noted
-    with note_error by its code, and logs the request with its request id."""
+    with note_error by its code, and logs the request with its request id. An exception nothing else
+    handled becomes a JSON 500 (`internal_error`) in the route's error shape, logged with its traceback."""
 
     def __init__(self, app: ASGIApp, metrics: IngressMetrics):
         self.app = app
@@ -74,15 +89,26 @@ class RequestTelemetry:
             return
         started = time.perf_counter()
         status = 500  # what the client gets if the app fails before answering
+        answered = False
 
         async def send_and_note(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_note)
+        except ClientDisconnect:
+            pass  # nobody is left to answer
+        except Exception:
+            if answered:
+                raise
+            error = InternalError("the service failed on this request; the failure is logged with its request id")
+            request_log.exception("unexpected failure on %s %s", scope["method"], route_path(scope),
+                                  extra={"serve_app": {"request_id": header(scope, b"x-request-id")}})
+            note_error(scope, error.code)
+            await error_response(scope, error.code, error.message, error.status)(scope, receive, send_and_note)
         finally:
             route = route_label(route_path(scope))
             self.metrics.requests.inc(tags={"route": route, "status": str(status)})

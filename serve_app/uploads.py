@@ -64,15 +64,18 @@ async def parse_multipart(request: Request, body: bytes) -> list[Upload]:
         form = await Request(request.scope, replay).form(max_files=100_000, max_fields=1000)
     except Exception as exc:
         raise MalformedRequestError(f"the multipart body cannot be parsed: {exc}") from None
-    parts = form.getlist("file")
-    if not parts:
-        raise NoFileError("the multipart request has no `file` field")
-    uploads = []
-    for part in parts:
-        if not isinstance(part, UploadFile):
-            raise NoFileError("the `file` field must be a file upload, not a text value")
-        uploads.append(Upload(part.filename, await part.read()))
-    return uploads
+    try:  # each part is a spooled temporary file: closed here, not whenever the collector runs
+        parts = form.getlist("file")
+        if not parts:
+            raise NoFileError("the multipart request has no `file` field")
+        uploads = []
+        for part in parts:
+            if not isinstance(part, UploadFile):
+                raise NoFileError("the `file` field must be a file upload, not a text value")
+            uploads.append(Upload(part.filename, await part.read()))
+        return uploads
+    finally:
+        await form.close()
 
 
 async def read_uploads(request: Request, settings: IngressSettings) -> list[Upload]:

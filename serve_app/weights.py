@@ -14,6 +14,10 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serve_app.settings import ModelSettings
 
 OFFICIAL_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 OFFICIAL_FILENAME = OFFICIAL_URL.rsplit("/", 1)[1]
@@ -70,11 +74,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def checked_file(path: Path) -> str:
-    """sha256 of a weights file; a torchvision-style name must match its embedded hash prefix."""
+def checked_file(path: Path, expected_sha256: str | None = None) -> str:
+    """sha256 of a weights file. It must equal `expected_sha256` where that is known (the
+    `weights_sha256` setting); a torchvision-style name (`resnet18-f37072fd.pth`) must match the hash
+    prefix it carries, which is all torch.hub checks too."""
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist.\n{how_to_provide()}")
     sha256 = file_sha256(path)
+    if expected_sha256 and sha256 != expected_sha256.lower():
+        raise WeightsError(
+            f"weights file {path} is not the expected one: its sha256 is {sha256}, the weights_sha256 "
+            f"setting expects {expected_sha256.lower()}."
+        )
     match = _HASHED_NAME.search(path.name)
     if match and not sha256.startswith(match.group(1)):
         raise WeightsError(
@@ -97,7 +108,7 @@ def download(url: str, target: Path, timeout_s: float = 30.0) -> None:
                 os.unlink(tmp.name)
 
 
-def official_weights(allow_download: bool = True) -> WeightsSource:
+def official_weights(allow_download: bool = True, expected_sha256: str | None = None) -> WeightsSource:
     path = hub_checkpoint_dir() / OFFICIAL_FILENAME
     if not path.is_file():
         if not allow_download:
@@ -109,16 +120,23 @@ def official_weights(allow_download: bool = True) -> WeightsSource:
                 f"the official weights are not in {path} and could not be downloaded "
                 f"({type(exc).__name__}: {exc}).\n{how_to_provide()}"
             ) from None
-    return WeightsSource("official", path, checked_file(path), "IMAGENET1K_V1")
+    return WeightsSource("official", path, checked_file(path, expected_sha256), "IMAGENET1K_V1")
 
 
-def resolve_weights(spec: str, *, allow_download: bool = True, calibration_images: str | None = None) -> WeightsSource:
+def resolve_weights(spec: str, *, allow_download: bool = True, calibration_images: str | None = None,
+                    expected_sha256: str | None = None) -> WeightsSource:
     """The `weights` setting -> a checked source. Never loads tensors."""
     if spec == "torchvision":
-        return official_weights(allow_download)
+        return official_weights(allow_download, expected_sha256)
     if spec == "standin":
         from serve_app.standin import standin_identity
 
         return WeightsSource("standin", None, standin_identity(calibration_images), "standin")
     path = Path(spec).expanduser()
-    return WeightsSource("file", path, checked_file(path), path.name)
+    return WeightsSource("file", path, checked_file(path, expected_sha256), path.name)
+
+
+def weights_for(settings: ModelSettings) -> WeightsSource:
+    """The model settings' weights, checked as those settings say."""
+    return resolve_weights(settings.weights, calibration_images=settings.calibration_images,
+                           expected_sha256=settings.weights_sha256)

@@ -80,13 +80,14 @@ class LocalCluster:
         path.write_text(yaml.safe_dump(config))
         self.run([SERVE_CLI, "deploy", str(path), "--address", self.dashboard])
 
-    def serve_app_deploy(self, config: dict) -> subprocess.CompletedProcess:
-        """`python -m serve_app deploy`: checks the config against the nodes, deploys, watches it start."""
+    def serve_app_deploy(self, config: dict, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """`python -m serve_app deploy`: checks the config against the nodes, deploys, watches it start.
+        `env`: variables set in the deploying shell only (the cluster's nodes never see them)."""
         path = self.workdir / f"deploy-{time.monotonic_ns()}.yaml"
         path.write_text(yaml.safe_dump(config))
         return subprocess.run([sys.executable, "-m", "serve_app", "deploy", str(path), "--address",
-                               f"127.0.0.1:{self.gcs_port}"], env=self.env, cwd=REPO, capture_output=True, text=True,
-                              timeout=300)
+                               f"127.0.0.1:{self.gcs_port}"], env={**self.env, **(env or {})}, cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
 
     def serve_status(self) -> dict:
         return yaml.safe_load(self.run([SERVE_CLI, "status", "--address", self.dashboard]))

@@ -9,11 +9,13 @@ test_hardening.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import re
 import struct
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from serve_app.api import build_app
 from serve_app.imaging import load_image
 from serve_app.labels import imagenet_labels
 from serve_app.model_client import RayModelClient
-from serve_app.routes import ENDPOINTS, speaks_inference_protocol
+from serve_app.routes import ENDPOINTS, OPEN_PATHS, ROUTE_PATHS, speaks_inference_protocol
 from serve_app.settings import AppSettings
 from tests.fakes import FakeModelHandle, expected_class
 from tests.images import encode, exif_rotated_jpeg, png_header_only, truncated
@@ -76,7 +78,7 @@ def test_one_image_is_one_call_with_uint8_pixels_and_only_the_top_k_comes_back(a
     client, handle, metrics = api
     answer = client.post("/v1/classify", files=[upload(shared_images[0])], params={"top_k": 5})
     assert answer.status_code == 200, answer.text
-    [call] = handle.calls
+    [call] = handle.requests
     assert call.pixels.dtype == np.uint8 and call.pixels.shape == (1, 224, 224, 3) and call.jpegs == () and call.k == 5
     expected = expected_class(load_image(shared_images[0].read_bytes(), max_pixels=10**9))
     predictions = answer.json()["predictions"]
@@ -91,7 +93,7 @@ def test_several_images_travel_as_one_call_and_a_bad_one_fails_alone(api, shared
              upload(shared_images[3])]
     answer = client.post("/v1/classify", files=files, params={"top_k": 2})
     assert answer.status_code == 200, answer.text
-    [call] = handle.calls
+    [call] = handle.requests
     assert len(call.pixels) == 2, "the corrupt image never travels"
     results = answer.json()["results"]
     assert [r["filename"] for r in results] == [shared_images[1].name, "bad.jpg", shared_images[3].name]
@@ -110,7 +112,7 @@ def test_with_decode_on_replica_plain_jpegs_travel_as_bytes_and_others_as_pixels
     with client:
         answer = client.post("/v1/classify", files=files)
     assert answer.status_code == 200, answer.text
-    [call] = handle.calls
+    [call] = handle.requests
     assert len(call.pixels) == 2 and len(call.jpegs) == 2, "PNG and EXIF-rotated decoded here; plain JPEGs sent"
     indices = [r["predictions"][0]["index"] for r in answer.json()["results"]]
     assert indices[1] == expected_class(load_image(shared_images[4].read_bytes(), max_pixels=10**9, draft=False))
@@ -194,6 +196,88 @@ def test_a_model_slower_than_the_request_timeout_is_a_504(shared_images):
     assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout" and "retry-after" in answer.headers
 
 
+def backend_failure() -> Exception:
+    """What a replica whose forward pass raised sends back: Ray's task error carrying the cause."""
+    from ray.exceptions import RayTaskError
+
+    return RayTaskError("Classifier.classify", "Traceback ...", RuntimeError("CUDA out of memory"))
+
+
+def test_a_failed_forward_pass_is_a_500_in_each_routes_shape_and_the_next_requests_succeed(shared_images, caplog):
+    client, handle, metrics = client_for(FakeModelHandle([backend_failure(), backend_failure()]))
+    photo = shared_images[0].read_bytes()
+    infer = {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1],
+                         "data": [base64.b64encode(photo).decode()]}]}
+    with client, caplog.at_level(logging.INFO, logger="ray.serve"):
+        failed = client.post("/v1/classify", files=[upload(shared_images[0])])
+        failed_v2 = client.post("/v2/models/resnet18/infer", json=infer)
+        after = [client.post("/v1/classify", files=[upload(p)]) for p in shared_images[1:4]]
+    assert failed.status_code == 500
+    assert failed.json()["error"]["code"] == "inference_failed" and "RuntimeError" in failed.json()["error"]["message"]
+    assert failed_v2.status_code == 500 and set(failed_v2.json()) == {"error"}, "the protocol's own shape"
+    assert isinstance(failed_v2.json()["error"], str) and "RuntimeError" in failed_v2.json()["error"]
+    assert [a.status_code for a in after] == [200] * 3, "only the failed batch's requests fail"
+    assert metrics.rejections == {"inference_failed": 2}
+    assert metrics.requests[("/v1/classify", "500")] == 1 and metrics.requests[("/v1/classify", "200")] == 3
+    logged = [r.serve_app for r in caplog.records if hasattr(r, "serve_app")]
+    assert [line["error"] for line in logged[:2]] == ["inference_failed", "inference_failed"]
+
+
+def test_a_bug_anywhere_in_a_handler_is_a_json_500_counted_and_logged_with_the_request_id(shared_images, caplog):
+    class Broken(FakeModelHandle):
+        async def _info(self):
+            raise KeyError("a bug, not a model failure")
+
+    client, _, metrics = client_for(Broken())
+    with client, caplog.at_level(logging.INFO, logger="ray.serve"):
+        v1 = client.post("/v1/classify", files=[upload(shared_images[0])], headers={"X-Request-ID": "req-42"})
+        v2 = client.get("/v2/models/resnet18")
+    assert v1.status_code == 500 and v1.json()["error"]["code"] == "internal_error"
+    assert v2.status_code == 500 and isinstance(v2.json()["error"], str)
+    assert metrics.rejections == {"internal_error": 2}
+    [traceback] = [r for r in caplog.records if r.exc_info and r.serve_app.get("request_id") == "req-42"]
+    assert "KeyError" in traceback.exc_text or traceback.exc_info[0] is KeyError
+
+
+def test_model_info_is_bounded_by_the_request_deadline(shared_images):
+    client, _, _ = client_for(FakeModelHandle(info_delay_s=5), ingress={"request_timeout_s": 0.5, "retry_after_s": 2})
+    with client:
+        started = time.monotonic()
+        classified = client.post("/v1/classify", files=[upload(shared_images[0])])
+        metadata = client.get("/v2/models/resnet18")
+        took = time.monotonic() - started
+    assert classified.status_code == 503 and classified.json()["error"]["code"] == "model_unavailable"
+    assert classified.headers["retry-after"] == "2"
+    assert metadata.status_code == 503 and isinstance(metadata.json()["error"], str)
+    assert took < 3, "neither waited for the model's info past the deadline"
+
+
+def test_no_image_starts_decoding_after_the_deadline(shared_images):
+    decoded = []
+    model = RayModelClient(FakeModelHandle(), AppSettings(), on_decoded=decoded.append)
+    photos = [p.read_bytes() for p in shared_images[:6]]
+    answer = asyncio.run(model.classify(photos, 3, deadline=time.monotonic() - 1))
+    assert decoded == [], "a request past its deadline decodes nothing more"
+    assert all(answer.errors[row].code == "timeout" for row in range(6))
+
+
+def test_multipart_forms_are_closed_after_reading(api, shared_images, monkeypatch):
+    from starlette.datastructures import FormData
+
+    closed = []
+    original = FormData.close
+
+    async def counting_close(self):
+        closed.append(len(self.getlist("file")))
+        await original(self)
+
+    monkeypatch.setattr(FormData, "close", counting_close)
+    client, _, _ = api
+    assert client.post("/v1/classify", files=[upload(shared_images[0]), upload(shared_images[1])]).status_code == 200
+    assert client.post("/v1/classify", files={"other": ("a.jpg", b"x", "image/jpeg")}).status_code == 400
+    assert closed == [2, 0], "every parsed form is closed, refused ones too"
+
+
 def test_unknown_routes_and_methods_are_json_errors(api):
     client, _, metrics = api
     missing, wrong = client.get("/v1/nothing"), client.get("/v1/classify")
@@ -267,7 +351,7 @@ def test_a_request_too_big_for_an_inline_call_goes_by_reference(api, shared_imag
     few = client.post("/v1/classify", files=[upload(p) for p in shared_images[:4]])
     many = client.post("/v1/classify", files=[upload(p) for p in shared_images[:32]])
     assert few.status_code == many.status_code == 200
-    assert len(handle.calls) == 2 and [len(c) for c in handle.calls] == [4, 32], "one call per request"
+    assert [len(c) for c in handle.requests] == [4, 32] and len(handle.calls) == 2, "one call per request"
     assert handle.by_reference == [False, True], "32 images (4.8 MB of pixels) pass gRPC's 4 MiB cap"
 
 
@@ -331,7 +415,7 @@ def test_v2_infer_takes_uint8_pixels_without_decoding(api, shared_images):
     assert answer.status_code == 200, answer.text
     data = np.array(answer.json()["outputs"][0]["data"]).reshape(2, 1000)
     assert list(data.argmax(1)) == [expected_class(p) for p in pixels]
-    assert np.array_equal(handle.calls[0].pixels, pixels) and metrics.decode_seconds == []
+    assert np.array_equal(handle.requests[0].pixels, pixels) and metrics.decode_seconds == []
 
 
 V2_BAD_REQUESTS = {
@@ -381,6 +465,12 @@ def test_the_readme_route_table_matches_the_spec(api):
     listed = set(re.findall(r"^\| `(GET|POST) (/[^`? ]*)[^`]*` \|", README.read_text(), flags=re.M))
     described = {(method.upper(), path) for path, operations in spec["paths"].items() for method in operations}
     assert listed == described
+
+
+def test_the_readme_says_which_routes_are_open_as_the_route_table_does():
+    rows = re.findall(r"^\| `(?:GET|POST) (/[^`? ]*)[^`]*` \|.*\| (open|needed) \|$", README.read_text(), flags=re.M)
+    assert {path for path, key in rows if key == "open"} == set(OPEN_PATHS)
+    assert {path for path, key in rows if key == "needed"} == set(ROUTE_PATHS) - set(OPEN_PATHS)
 
 
 def test_openapi_says_which_routes_need_a_key_only_when_keys_are_configured():

@@ -113,3 +113,4 @@ def test_losing_a_worker_node_under_load(cluster):
     assert failures / len(during) < 0.01, f"{failures} of {len(during)} requests failed after the node loss"
     assert recovered_at - killed_at <= 30, f"back to full capacity after {recovered_at - killed_at:.0f}s"
     assert httpx.get(f"{cluster.url}/healthz", timeout=10).status_code == 200
+

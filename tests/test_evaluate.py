@@ -43,8 +43,11 @@ def test_cli_prints_agreement_for_every_backend(settings, shared_images, capsys,
     out = capsys.readouterr().out
     assert code == 0
     assert out.startswith("68 images (calibration photos left out: 32)"), "INT8 is judged on photos it was not tuned on"
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:5]}
     assert set(rows) == {"torch", "onnx", "onnx-int8"}
+    check = out.splitlines()[5]
+    assert check.startswith("onnx-int8 build check (manifest): ") and "68 held-out photos" in check, check
+    assert check.endswith("passes int8_min_agreement 97.0%"), check
     assert rows["onnx"][1:3] == ["100.0%", "100.0%"], "FP32 ONNX: same top-1 and the same top 5"
     assert float(rows["onnx-int8"][1].rstrip("%")) >= 90.0
     assert float(rows["onnx-int8"][2].rstrip("%")) >= 95.0

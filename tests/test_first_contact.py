@@ -16,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from serve_app.artifacts import EXPORT_STEPS
 from serve_app.settings import CACHE_ENV_VAR
 from serve_app.launcher import port_is_free
 from serve_app.processes import kill_all, process_name
@@ -41,8 +42,13 @@ def ctrl_c(process: subprocess.Popen) -> None:
     os.killpg(process.pid, signal.SIGINT)
 
 
-def sigterm(process: subprocess.Popen) -> None:
-    """What `kill`, `docker stop` and systemd do: SIGTERM to the process alone."""
+def sigterm_twice(process: subprocess.Popen) -> None:
+    """What `kill`, `docker stop` and systemd do: SIGTERM to the process alone; then, as an impatient
+    operator or supervisor would, a second one while it is stopping, which must not cut the stop short."""
+    process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while "stopping" not in Path(process.log_path).read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
 
 
@@ -92,10 +98,12 @@ def test_first_make_serve_says_what_it_does_while_it_builds_its_cache(first_run)
         assert found, f"{fragment!r} not in the output:\n{first_run.log}"
         return found[0]
 
-    steps = [index(f"[{n}/4]") for n in range(1, 5)]
+    steps = [index(f"[{n}/{EXPORT_STEPS}]") for n in range(1, EXPORT_STEPS + 1)]
+    assert steps == sorted(steps), "the artifact steps in order"
     assert (
         index("weights ok: standin") < index("Ray found") < index("building model artifacts")
-        < steps[0] < steps[1] < steps[2] < steps[3] < index("replicas starting") < index(f"ready: {BASE_URL}")
+        < steps[0] and steps[-1] < index("INT8 agrees with FP32 on") < index("artifacts ok: onnx-int8")
+        < index("replicas starting") < index(f"ready: {BASE_URL}")
     )
     assert "curl -F file=@photo.jpg http://127.0.0.1:8000/v1/classify" in first_run.log
     assert first_run.stopped_after_s < STOPPED_WITHIN_S and not first_run.left_running
@@ -129,11 +137,12 @@ def test_make_serve_with_its_cache_is_ready_within_a_minute_answers_and_stops_on
     assert port_is_free("0.0.0.0", 8000)
 
 
-def test_sigterm_stops_ray_and_everything_it_started(first_run, cache, tmp_path):
+def test_sigterm_stops_ray_and_everything_it_started_and_a_second_one_is_ignored(first_run, cache, tmp_path):
     run = serve_until_ready_then_stop(
         [sys.executable, "-m", "serve_app", "serve", "--config", "configs/cpu.yaml"], tmp_path / "serve.log",
-        {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)}, stop=sigterm,
+        {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)}, stop=sigterm_twice,
     )
+    assert "Traceback" not in run.log, "the second SIGTERM broke into the stop"
     assert "SIGTERM received" not in run.log, "Ray's own handler took the signal: nothing was stopped cleanly"
     assert run.log.rstrip().endswith("stopped"), run.log
     assert run.stopped_after_s < STOPPED_WITHIN_S, run.log

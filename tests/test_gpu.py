@@ -14,11 +14,12 @@ import torch
 from serve_app.backends.cuda_graphs import CudaGraphsBackend, PaddedRunner
 from serve_app.device_imaging import decode_batch, in_batch_order
 from serve_app.imaging import is_plain_jpeg, load_image, open_image
-from serve_app.settings import AppSettings, BatchSettings, ModelSettings
+from serve_app.settings import AppSettings, BatchSettings, IngressSettings, ModelSettings
 from serve_app.weights import resolve_weights
 from benchmarks.harness import deployment, load_config
 from tests.images import encode, exif_rotated_jpeg
 
+LIMITS = IngressSettings().decode_limits  # what the ingress applies, handed to replicas that decode
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU on this machine: GPU-only path not exercised")
 
@@ -49,7 +50,8 @@ def test_gpu_config_sizes_replicas_batches_graphs_and_decoding():
     assert batch.max_batch_size >= 64
     assert max(settings.model.graph_batch_sizes) >= batch.max_batch_size, "a full batch must fit a captured graph"
     assert 0 < classifier["ray_actor_options"]["num_gpus"] <= 1
-    assert classifier["max_ongoing_requests"] >= 2 * batch.max_batch_size
+    images_in_a_replica = classifier["max_ongoing_requests"] * settings.ingress.max_images_per_call
+    assert images_in_a_replica >= 2 * batch.max_batch_size, "a full batch waits while one runs"
     assert ingress["ray_actor_options"]["num_cpus"] >= 1 and ingress["autoscaling_config"]["min_replicas"] >= 2
 
 
@@ -90,12 +92,30 @@ def test_partial_batches_are_padded_to_the_nearest_size_and_results_stay_in_orde
     assert [runner.size_for(n) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, 8]
 
 
+def test_chunks_of_one_graph_size_each_keep_their_own_rows():
+    """A CUDA Graph writes every replay into the same output buffer; a batch larger than the largest
+    graph replays it once per chunk, and each chunk's rows must survive the next replay."""
+    def graph_like(size):
+        output = torch.empty((size, 2))  # the graph's static output, overwritten by each replay
+
+        def replay(batch):
+            output.copy_(torch.stack([batch[:, 0], batch[:, 0] * 10], dim=1))
+            return output
+        return replay
+
+    runner = PaddedRunner({size: graph_like(size) for size in (2, 4)})
+    batch = torch.arange(11, dtype=torch.float32).reshape(11, 1)
+    out = runner(batch)
+    assert out[:, 0].tolist() == list(range(11)), "each chunk's rows, not the last replay's"
+    assert out[:, 1].tolist() == [10.0 * i for i in range(11)]
+
+
 # ---- decoding on the model replica: pipeline on the CPU device ---------------------------------
 
 
 def test_replica_decoding_matches_the_ingress_path(photos, standin_network):
     encoded = [p.read_bytes() for p in photos]
-    decoded = decode_batch(encoded, torch.device("cpu"))
+    decoded = decode_batch(encoded, torch.device("cpu"), LIMITS)
     assert decoded.order == list(range(len(photos))) and not decoded.errors
     reference = np.stack([load_image(data, max_pixels=10**8, draft=False) for data in encoded])
     difference = np.abs(decoded.images.numpy().astype(int) - reference.astype(int))
@@ -113,7 +133,7 @@ def test_a_bad_jpeg_fails_alone_and_a_refused_one_falls_back_to_the_cpu(photos):
     cmyk = encode(Image.open(photos[1]).convert("CMYK"), "JPEG")  # libjpeg/nvJPEG RGB decode can't take all of these
     truncated = good[: len(good) // 3]
     garbage = b"\xff\xd8\xff" + b"\x00" * 200
-    decoded = decode_batch([good, garbage, cmyk, truncated, good], torch.device("cpu"))
+    decoded = decode_batch([good, garbage, cmyk, truncated, good], torch.device("cpu"), LIMITS)
     assert decoded.order == [0, 2, 4]
     assert set(decoded.errors) == {1, 3}
     assert all(e.code == "corrupt_image" for e in decoded.errors.values())
@@ -258,8 +278,54 @@ def test_batches_inferred_from_two_threads_at_once_get_their_own_answers(photos)
 @needs_cuda
 def test_nvjpeg_decoding_matches_the_cpu_decode(photos):
     encoded = [p.read_bytes() for p in photos]
-    on_gpu = decode_batch(encoded, torch.device("cuda"))
-    on_cpu = decode_batch(encoded, torch.device("cpu"))
+    on_gpu = decode_batch(encoded, torch.device("cuda"), LIMITS)
+    on_cpu = decode_batch(encoded, torch.device("cpu"), LIMITS)
     assert on_gpu.images.device.type == "cuda" and on_gpu.order == on_cpu.order
     difference = (on_gpu.images.cpu().int() - on_cpu.images.int()).abs().float().mean()
     assert difference < 1.5
+
+
+BIG_JPEG_SCRIPT = """
+import resource, sys, torch
+from pathlib import Path
+from serve_app.device_imaging import decode_batch
+from serve_app.settings import DecodeLimits
+encoded = [p.read_bytes() for p in sorted(Path(sys.argv[1]).glob('*.jpg'))]
+torch.set_num_threads(1)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+decoded = decode_batch(encoded, torch.device('cpu'), DecodeLimits(int(sys.argv[2]), True))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+torch.save({'images': decoded.images, 'order': decoded.order, 'grown_kib': peak - before}, sys.argv[3])
+"""
+
+
+def test_a_chunk_of_large_jpegs_decodes_within_a_memory_bound_and_answers_as_the_ingress(
+        tmp_path, shared_images, standin_network):
+    """Eight 20-megapixel JPEGs, 160 MP in all (480 MB decoded at once), small enough on the wire to
+    pass the ingress. Decoded in groups of at most max_image_pixels (here 40 MP, 120 MB), resized as
+    soon as their group is decoded, the replica's memory grows by less than two groups' worth."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    max_pixels = 40_000_000
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i, photo in enumerate(shared_images[:8]):
+        Image.open(photo).convert("RGB").resize((5000, 4000), Image.Resampling.BILINEAR).save(
+            folder / f"{i}.jpg", quality=85)
+    encoded = [path.read_bytes() for path in sorted(folder.glob("*.jpg"))]
+    out = tmp_path / "decoded.pt"
+    subprocess.run([sys.executable, "-c", BIG_JPEG_SCRIPT, str(folder), str(max_pixels), str(out)], check=True)
+    result = torch.load(out)
+    bound_mib = 2 * max_pixels * 3 / 2**20
+    grown_mib = result["grown_kib"] / 1024
+    assert grown_mib < bound_mib, f"decoding grew the process by {grown_mib:.0f} MiB (bound {bound_mib:.0f})"
+    assert result["order"] == list(range(8))
+    reference = np.stack([load_image(data, max_pixels=max_pixels, draft=False) for data in encoded])
+    assert np.abs(result["images"].numpy().astype(int) - reference.astype(int)).mean() < 1.5
+    with torch.inference_mode():
+        on_replica = standin_network(result["images"]).argmax(1)
+        on_ingress = standin_network(torch.from_numpy(reference)).argmax(1)
+    assert on_replica.tolist() == on_ingress.tolist(), "every answer as the ingress path gives it"

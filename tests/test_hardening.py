@@ -282,6 +282,8 @@ def test_custom_metrics_reach_rays_prometheus_endpoint(service, shared_images):
             and metric_total(text, "ray_serve_app_decode_seconds_count") >= 6
             and metric_total(text, "ray_serve_app_batch_size_count") >= 1
             and metric_total(text, "ray_serve_app_inference_seconds_count", backend="onnx-int8") >= 1
+            and metric_total(text, "ray_serve_app_requests_per_call_count") >= 1
+            and metric_total(text, "ray_serve_app_images_per_call_sum") >= 6
         )
 
     wait_until(exported, 90, "the custom metrics on Ray's Prometheus endpoint")

@@ -37,11 +37,12 @@ def test_model_deployment_scales_up_under_load_and_back_down(shared_images):
 
 
 def small_queue(config: dict) -> None:
+    """Room for 8 model calls of 2 images each: 96 requests at once overflow it."""
     classifier = deployment(config, "Classifier")
     classifier.pop("autoscaling_config", None)
     classifier.update(num_replicas=1, max_ongoing_requests=4, max_queued_requests=4)
     classifier["user_config"]["max_batch_size"] = 4
-    config["applications"][0]["args"]["ingress"]["retry_after_s"] = 2
+    config["applications"][0]["args"]["ingress"].update(retry_after_s=2, max_images_per_call=2)
 
 
 def test_overload_is_answered_with_503_and_the_service_recovers(shared_images):

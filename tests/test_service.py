@@ -266,3 +266,4 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_spec(service):
     assert set(ran) == {operation.label for operation in operations}, "every operation was fuzzed"
     assert replica_pids() == before, "a replica restarted during the fuzzing"
     assert httpx.get(f"{service}/healthz", timeout=10).status_code == 200
+

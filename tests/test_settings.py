@@ -15,10 +15,10 @@ def test_config_is_valid_for_ray_and_for_us(name):
     ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
     app = config["applications"][0]
     assert app["import_path"] == "serve_app.app:build"
-    AppSettings.from_args(app["args"])
+    settings = AppSettings.from_args(app["args"])
     classifier = deployment(config, "Classifier")
     batch = BatchSettings.model_validate(classifier["user_config"])
-    assert classifier["max_ongoing_requests"] >= batch.max_batch_size
+    assert classifier["max_ongoing_requests"] * settings.ingress.max_images_per_call >= 2 * batch.max_batch_size
     assert {d["name"] for d in app["deployments"]} == {"Ingress", "Classifier"}
 
 
@@ -73,7 +73,9 @@ def test_every_backend_named_in_settings_has_a_class_and_auto_picks_by_device():
     auto = ModelSettings(backend="auto")
     assert (auto.resolved_backend("cpu"), auto.resolved_backend("cuda")) == ("onnx-int8", "cuda-graphs")
     assert ModelSettings(backend="onnx").resolved_backend("cuda") == "onnx", "a named backend is kept"
-    assert backend_class(ModelSettings(backend="auto", device="cpu")).name == "onnx-int8"
+    on_cpu = ModelSettings(backend="auto", device="cpu")
+    assert on_cpu.resolved_backend("cuda") == "onnx-int8", "a configured device wins over the node's GPUs"
+    assert backend_class(on_cpu.resolved_backend()).name == "onnx-int8"
 
 
 def test_auto_device_is_cuda_only_with_a_gpu_and_never_mps():

@@ -41,14 +41,20 @@ class PaddedRunner:
         at = bisect.bisect_left(self.sizes, count)
         return self.sizes[min(at, len(self.sizes) - 1)]
 
+    @property
+    def largest(self) -> int:
+        return self.sizes[-1]
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         outputs = []
-        for start in range(0, batch.shape[0], self.sizes[-1]):
-            chunk = batch[start : start + self.sizes[-1]]
+        for start in range(0, batch.shape[0], self.largest):
+            chunk = batch[start : start + self.largest]
             size = self.size_for(chunk.shape[0])
             padded = chunk.new_zeros((size, *chunk.shape[1:]))
             padded[: chunk.shape[0]] = chunk
-            outputs.append(self.runners[size](padded)[: chunk.shape[0]])
+            # A graph's output is one buffer that its next replay overwrites: copy this chunk's rows
+            # out before another chunk of the same size replays it.
+            outputs.append(self.runners[size](padded)[: chunk.shape[0]].clone())
         return torch.cat(outputs)
 
 
@@ -101,6 +107,7 @@ class CudaGraphsBackend:
         network = network.to(memory_format=torch.channels_last)
         self.batch_sizes = sorted(set(settings.graph_batch_sizes))
         self._run = PaddedRunner(capture_graphs(network, self.batch_sizes, self._device))
+        self.max_batch_size = self._run.largest  # a forward pass larger than the largest graph is refused
         self._replaying = threading.Lock()
 
     def infer(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
