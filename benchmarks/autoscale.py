@@ -3,8 +3,10 @@
     python -m benchmarks.autoscale                     # ~3 minutes
     python -m benchmarks.autoscale --step-seconds 20
 
-Our service with configs/cpu.yaml's autoscaling_config, its delays shortened and max_replicas
-capped to what 2 cores hold (the same overrides as tests/test_scaling.py). The load steps through
+Our service with configs/cpu.yaml's autoscaling_config (the model deployment scaled on the images
+in its replicas, serve_app/autoscaling.py), its delays shortened, max_replicas capped to what 2
+cores hold and the target lowered to 2 images per replica (the same overrides as
+tests/test_scaling.py, benchmarks/harness.fast_autoscaling). The load steps through
 the concurrency ramp below; every second the number of live model replica processes, the requests
 completed and the p99 of that second are recorded. Writes benchmarks/results/autoscale.{md,png,json}.
 """
