@@ -1,15 +1,17 @@
 """The model deployment: batches requests' images with @serve.batch and answers each request's top k.
 
-A request arrives as one ImageBatch (all its images, uint8 224x224x3 pixels the ingress already
-validated, plus JPEGs to decode here where `decode_on_replica`), so one bad upload can never fail
-a batch, and leaves as one TopK: k indices and scores per image, not 1,000 probabilities. Labels
-belong to the ingress. Inference runs in a worker thread so the replica keeps accepting requests
-(and the next batch keeps filling) while the current one computes.
+A call from an ingress replica carries the requests it held together (serve_app/coalescing.py), each
+as one ImageBatch (all its images, uint8 224x224x3 pixels the ingress already validated, plus JPEGs
+to decode here where `decode_on_replica`), so one bad upload can never fail a batch; each leaves as
+one TopK: k indices and scores per image, not 1,000 probabilities. Labels belong to the ingress.
+Inference runs in a worker thread so the replica keeps accepting calls (and the next batch keeps
+filling) while the current one computes. A forward pass that raises fails that batch's calls only.
 
-The batch wait adapts to load: a request that finds the replica empty starts its batch at once,
-so a lone request is never held; one that finds other requests already inside (queued or
-computing) lets its batch wait up to `batch_wait_timeout_s` to fill, since under load fuller
-batches spend less CPU per image (benchmarks/results/batching.md).
+The batch wait adapts to load: a call that finds the replica empty starts its batch at once, so a
+lone request is never held; one that finds other calls already inside (queued or computing) lets
+its batch wait up to `batch_wait_timeout_s` to fill, since under load fuller batches spend less CPU
+per image (benchmarks/results/batching.md). Each replica reports the images inside it, averaged
+over time, as the custom metric the model deployment autoscales on (serve_app/autoscaling.py).
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ class FakeModelHandle:
         self.by_reference.append(by_reference)
         if self.gate is not None:
             await self.gate.wait()
-        if self.failures:
-            raise self.failures.pop(0)
+        if self.failures and (failure := self.failures.pop(0)) is not None:  # None: this call succeeds
+            raise failure
         await asyncio.sleep(self.delay_s)
         return [answer(batch) for batch in batches]
 

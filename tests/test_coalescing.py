@@ -34,12 +34,14 @@ def expected(data: bytes) -> int:
     return expected_class(load_image(data, max_pixels=10**9, draft=True))
 
 
-async def held_then_released(handle: FakeModelHandle, requests):
+async def held_then_released(handle: FakeModelHandle, requests, failures: list[BaseException | None] = ()):
     """Start `requests` (coroutines) one after another while the first call is held in flight, then
-    let every call through; their results (or exceptions) in order."""
+    let every call through, the next ones to return failing with `failures`; their results (or
+    exceptions) in order."""
     handle.gate = asyncio.Event()
     tasks = [asyncio.ensure_future(request) for request in requests]
     await asyncio.sleep(0.2)  # decoding in threads, then queueing behind the held call
+    handle.failures = list(failures)
     handle.gate.set()
     return await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -116,16 +118,10 @@ def test_a_replica_that_dies_fails_no_request_of_the_merged_call(shared_images):
     model = client(handle)
     images = photos(shared_images, 6)
 
-    async def run_with_merged_failure():
-        handle.gate = asyncio.Event()
-        tasks = [asyncio.ensure_future(model.classify([d], 1)) for d in images]
-        await asyncio.sleep(0.2)
-        handle.failures = [RayActorError()]  # whichever call is next to return fails: the first, then a merged one
-        handle.gate.set()
-        return await asyncio.gather(*tasks)
-
-    answers = asyncio.run(run_with_merged_failure())
-    assert len(handle.calls) >= 3, "the failed call was sent again"
+    # The call held alone succeeds; the merged one sent after it finds its replica dead once.
+    answers = asyncio.run(held_then_released(handle, [model.classify([d], 1) for d in images],
+                                             failures=[None, RayActorError()]))
+    assert [len(call) for call in handle.calls] == [1, 5, 5], "the merged call was sent again, whole"
     assert [answer.indices[0, 0] for answer in answers] == [expected(d) for d in images]
     assert not any(answer.errors for answer in answers)
 
@@ -135,15 +131,8 @@ def test_a_full_model_queue_gives_each_request_its_own_503(shared_images):
     model = client(handle, retry_after_s=3)
     images = photos(shared_images, 5)
 
-    async def run():
-        handle.gate = asyncio.Event()
-        tasks = [asyncio.ensure_future(model.classify([d], 1)) for d in images]
-        await asyncio.sleep(0.2)
-        handle.failures = [BackPressureError(num_queued_requests=9, max_queued_requests=8)] * 2
-        handle.gate.set()
-        return await asyncio.gather(*tasks, return_exceptions=True)
-
-    answers = asyncio.run(run())
+    full = BackPressureError(num_queued_requests=9, max_queued_requests=8)
+    answers = asyncio.run(held_then_released(handle, [model.classify([d], 1) for d in images], failures=[full, full]))
     assert len(handle.calls) == 2, "one call alone, then the four queued behind it together"
     assert all(isinstance(a, OverloadedError) and a.headers == {"Retry-After": "3"} for a in answers)
     assert len({id(a) for a in answers}) == len(answers), "each request its own error, not one shared exception"
