@@ -115,6 +115,8 @@ def test_make_serve_with_its_cache_is_ready_within_a_minute_answers_and_stops_on
     def answers():
         health = httpx.get(f"{BASE_URL}/healthz", timeout=10).json()
         assert health["model"]["standin"] is True and health["model"]["backend"] == "onnx-int8"
+        check = health["replica"]["int8_check"]
+        assert check["top1_agreement"] >= check["min_agreement"] and check["images"] == 68, check
         photo = shared_images[0]
         response = httpx.post(f"{BASE_URL}/v1/classify", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")},
                               timeout=30)

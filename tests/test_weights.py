@@ -14,7 +14,7 @@ from serve_app.network import build_network
 from serve_app.predictions import softmax
 from serve_app.settings import ModelSettings
 from serve_app.standin import build_standin_state_dict, standin_state_dict
-from serve_app.weights import WeightsError, file_sha256, resolve_weights
+from serve_app.weights import WeightsError, file_sha256, resolve_weights, weights_for
 
 
 @pytest.fixture
@@ -71,6 +71,17 @@ def test_renamed_file_with_mismatched_hash_is_refused(tmp_path, standin_weights)
     torch.save(standin_weights, path)
     with pytest.raises(WeightsError, match="deadbeef"):
         resolve_weights(str(path))
+
+
+def test_a_known_full_sha256_is_compared_whole(tmp_path, standin_weights):
+    path = tmp_path / "mine.pth"  # no hash in the name: only weights_sha256 can say what it must be
+    torch.save(standin_weights, path)
+    digest = file_sha256(path)
+    settings = ModelSettings(weights=str(path), weights_sha256=digest.upper())
+    assert weights_for(settings).sha256 == digest
+    other = digest[:8] + ("0" if digest[8] != "0" else "1") + digest[9:]  # same prefix, not the same file
+    with pytest.raises(WeightsError, match="weights_sha256 setting expects"):
+        weights_for(ModelSettings(weights=str(path), weights_sha256=other))
 
 
 def test_pickled_objects_are_never_executed(tmp_path):
