@@ -131,9 +131,11 @@ def serve_locally(config_path: Path, *, fit: bool = True) -> int:
     finally:
         _ignore_stop_signals()  # also when the run ended without one
         stop_local_ray()
-        signal.signal(signal.SIGINT, previous_sigint)
-        signal.signal(signal.SIGTERM, previous_sigterm)
     terminal.say("stopped")
+    # Only now: a late signal (an impatient supervisor's, or Ray's own shutdown signalling its process
+    # group) must not end the process between the stop and saying so.
+    signal.signal(signal.SIGINT, previous_sigint)
+    signal.signal(signal.SIGTERM, previous_sigterm)
     return code
 
 
