@@ -80,7 +80,7 @@ SERVED_RECIPE = RECIPES["classifier-fp32-percentile-gptq"]
 def export_artifacts(settings: ModelSettings, out_dir: Path, progress: Progress = lambda step: None) -> dict:
     import torch
 
-    from serve_app.calibration import calibration_batch, calibration_identity, held_out_batch
+    from serve_app.calibration import calibration_batch, calibration_identity
     from serve_app.network import build_network
     from serve_app.weights import weights_for
 
@@ -97,14 +97,14 @@ def export_artifacts(settings: ModelSettings, out_dir: Path, progress: Progress 
     progress(f"[4/{EXPORT_STEPS}] ONNX INT8: ranges from photos, weights rounded by GPTQ")
     quantize_int8(out_dir / ARTIFACT_FILES["onnx"], out_dir / ARTIFACT_FILES["onnx-int8"],
                   calibration_batch(settings.calibration_images))
-    photos, which = held_out_batch(settings.calibration_images)
-    progress(f"[5/{EXPORT_STEPS}] INT8 checked against FP32 on {which}")
-    agreement = int8_agreement(out_dir / ARTIFACT_FILES["onnx"], out_dir / ARTIFACT_FILES["onnx-int8"], photos)
+    check = measure_int8(out_dir / ARTIFACT_FILES["onnx"], out_dir / ARTIFACT_FILES["onnx-int8"],
+                         settings.calibration_images)
+    progress(f"[5/{EXPORT_STEPS}] INT8 checked against FP32 on {check['photos']}")
     manifest = {
         "weights": source.describe(),
         "calibration_sha256": calibration_identity(settings.calibration_images),
         "int8_recipe": SERVED_RECIPE.name,
-        INT8_CHECK: {"top1_agreement": round(agreement, 4), "images": len(photos), "photos": which},
+        INT8_CHECK: check,
         "artifacts": {
             backend: {"file": name, "sha256": file_sha256(out_dir / name)} for backend, name in ARTIFACT_FILES.items()
         },
@@ -179,17 +179,22 @@ def int8_agreement(fp32_path: Path, int8_path: Path, photos) -> float:
     return float((top1(fp32_path) == top1(int8_path)).mean())
 
 
+def measure_int8(fp32_path: Path, int8_path: Path, calibration_images: str | None) -> dict:
+    """INT8's record against FP32 on photos it never calibrated on, as the manifest keeps it."""
+    from serve_app.calibration import held_out_batch
+
+    photos, which = held_out_batch(calibration_images)
+    agreement = int8_agreement(fp32_path, int8_path, photos)
+    return {"top1_agreement": round(agreement, 4), "images": len(photos), "photos": which}
+
+
 def int8_check(settings: ModelSettings, source: WeightsSource) -> dict:
     """What the manifest of the artifacts the replicas load says of INT8 against FP32. Artifacts
     exported before the check existed are checked now (nothing is written into their folder)."""
-    folder = artifact_path(settings, source, "onnx-int8").parent
-    check = json.loads((folder / MANIFEST).read_text()).get(INT8_CHECK)
+    int8_path = artifact_path(settings, source, "onnx-int8")
+    check = json.loads((int8_path.parent / MANIFEST).read_text()).get(INT8_CHECK)
     if check is None:
-        from serve_app.calibration import held_out_batch
-
-        photos, which = held_out_batch(settings.calibration_images)
-        agreement = int8_agreement(artifact_path(settings, source, "onnx"), folder / ARTIFACT_FILES["onnx-int8"], photos)
-        check = {"top1_agreement": round(agreement, 4), "images": len(photos), "photos": which}
+        check = measure_int8(artifact_path(settings, source, "onnx"), int8_path, settings.calibration_images)
     return check
 
 

@@ -28,8 +28,6 @@ DRAFT_MIN_SIDE = 3 * RESIZE_SIZE
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
-
-
 # Past this, resizing the whole image would allocate far more than the crop needs: resize only
 # the crop's source region instead (within one grey level of the reference, and bounded in memory).
 _MAX_RESIZED_LONG_SIDE = 4096

@@ -39,7 +39,6 @@ class IngressMetrics:
         self.decode_seconds = metrics.Histogram(
             "serve_app_decode_seconds", description="Decode + preprocess time per image.", boundaries=SECONDS_BUCKETS
         )
-
         self.requests_per_call = metrics.Histogram(
             "serve_app_requests_per_call", description="Requests an ingress replica sent in one model call.",
             boundaries=BATCH_SIZE_BUCKETS,
