@@ -1,5 +1,7 @@
 # make serve   - install if needed, then serve configs/cpu.yaml, fitted to this machine, on http://127.0.0.1:8000
 # make test    - install if needed, then run the whole test suite
+# make test-fast - the fast subset for the edit loop (in process, under a minute): pytest -m fast
+# make screenshots - refresh the README's pictures of the page (docs/screenshots), against the real service
 # make install - create .venv and install the package with its test extras, and Debian's Chromium
 #                (with a CJK font) for the page's browser tests
 PYTHON ?= python3
@@ -10,7 +12,7 @@ STAMP := $(VENV)/.installed
 BROWSER_PACKAGES := chromium fonts-wqy-zenhei
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser serve test
+.PHONY: install browser serve test test-fast screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,3 +34,9 @@ serve: $(STAMP)
 
 test: install
 	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m fast -q
+
+screenshots: install
+	SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest tests/test_page.py -q

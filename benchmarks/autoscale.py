@@ -4,9 +4,9 @@
     python -m benchmarks.autoscale --step-seconds 20
 
 Our service with configs/cpu.yaml's autoscaling_config (the model deployment scaled on the images
-in its replicas, serve_app/autoscaling.py), its delays shortened, max_replicas capped to what 2
+in its replicas, serve_app/model/autoscaling.py), its delays shortened, max_replicas capped to what 2
 cores hold and the target lowered to 2 images per replica (the same overrides as
-tests/test_scaling.py, benchmarks/harness.fast_autoscaling). The load steps through
+tests/test_scaling.py, serve_app/launch/harness.fast_autoscaling). The load steps through
 the concurrency ramp below; every second the number of live model replica processes, the requests
 completed and the p99 of that second are recorded. Writes benchmarks/results/autoscale.{md,png,json}.
 """
@@ -23,7 +23,14 @@ import numpy as np
 
 from benchmarks.load import load_photos, run_load
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from benchmarks.harness import fast_autoscaling, free_port, processes_named, replica_title, serve_run, sized_config
+from serve_app.launch.harness import (
+    fast_autoscaling,
+    free_port,
+    processes_named,
+    replica_title,
+    serve_run,
+    sized_config,
+)
 
 RAMP = [1, 4, 16, 32, 16, 4, 1, 0]  # concurrency per step; 0 = idle
 P99_WINDOW_S = 5

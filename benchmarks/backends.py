@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from benchmarks.harness import process_memory_mb, processes_named, replica_title
-from serve_app.settings import CPU_BACKENDS
+from serve_app.imaging import image_files
+from serve_app.launch.harness import process_memory_mb, processes_named, replica_title
+from serve_app.settings import CPU_BACKENDS, SHARED_IMAGES
 
 BACKENDS = list(CPU_BACKENDS)
 BATCH_SIZES = [1, 8, 16, 32]
@@ -49,11 +50,11 @@ def timed_batches(run, batch: int, seconds: float, min_runs: int = 3) -> list[fl
 
 def worker(backend_name: str, artifacts: str, weights: str, threads: int, seconds: float, images: Path) -> None:
     """One backend in this process, as a replica would hold it; results as JSON lines on stdout."""
-    import serve_app.classifier  # noqa: F401  (what a model replica imports: Ray, Serve)
-    from serve_app.backends import backend_class
+    import serve_app.model.classifier  # noqa: F401  (what a model replica imports: Ray, Serve)
     from serve_app.imaging import load_image
+    from serve_app.model.backends import backend_class
+    from serve_app.model.weights import resolve_weights
     from serve_app.settings import ModelSettings
-    from serve_app.weights import resolve_weights
 
     settings = ModelSettings(weights=weights, backend=backend_name, device="cpu", artifacts_dir=artifacts)
     source = resolve_weights(weights, calibration_images=settings.calibration_images)
@@ -65,7 +66,7 @@ def worker(backend_name: str, artifacts: str, weights: str, threads: int, second
     load_s = time.perf_counter() - started
     rss_loaded = process_memory_mb(os.getpid())["rss_mb"]
 
-    uploads = [p.read_bytes() for p in sorted(images.glob("*.JPEG"))]
+    uploads = [p.read_bytes() for p in image_files(images)]
     photos = np.stack([load_image(data, max_pixels=10**9) for data in uploads])
     backend.infer(photos[:8])  # first-run allocations and kernel selection
 
@@ -108,9 +109,9 @@ def measure_service_memory(weights: str, requests: int) -> dict[str, dict]:
     """Start the real service on onnx-int8, send traffic, read each replica process's memory."""
     import httpx
 
-    from benchmarks.harness import SHARED_IMAGES, free_port, serve_run, sized_config
+    from serve_app.launch.harness import free_port, serve_run, sized_config
 
-    photos = sorted(SHARED_IMAGES.glob("*.JPEG"))
+    photos = image_files(SHARED_IMAGES)
     with serve_run(sized_config(free_port(), weights=weights, backend="onnx-int8")) as url:
         with httpx.Client(timeout=60) as client:
             for i in range(requests):
@@ -223,7 +224,7 @@ def main() -> None:
     parser.add_argument("--weights", default="standin")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum time per (backend, stage, batch) cell")
-    parser.add_argument("--images", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "images")
+    parser.add_argument("--images", type=Path, default=SHARED_IMAGES)
     parser.add_argument("--artifacts", default=None, help="prepared artifacts (default: export into a temp dir)")
     parser.add_argument("--no-serve", action="store_true", help="skip the live-service memory measurement")
     parser.add_argument("--notes", type=Path, default=None, help="Markdown appended to the results file")
@@ -239,7 +240,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         artifacts = args.artifacts
         if artifacts is None:
-            from serve_app.artifacts import export_artifacts
+            from serve_app.model.artifacts import export_artifacts
             from serve_app.settings import ModelSettings
 
             artifacts = scratch

@@ -7,7 +7,7 @@ Starts our service once per variant (configs/cpu.yaml, sized for 2 cores as in b
 then the variant's changes) and measures concurrency 32 and 64 (batches should fill; requests
 beyond max_ongoing_requests wait in the ingress's router) and concurrency 1 (a lone request must
 not wait for a batch that never fills). The wait applies only while other requests are in the
-replica (serve_app/classifier.py). Writes benchmarks/results/batching.{md,png}.
+replica (serve_app/model/classifier.py). Writes benchmarks/results/batching.{md,png}.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import httpx
 from benchmarks.compare import ours, sized_for_two_cores
 from benchmarks.load import LoadResult, load_photos, sweep
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from benchmarks.harness import deployment
+from serve_app.launch.harness import deployment
 
 # name -> (Classifier num_cpus, max_batch_size, batch_wait_timeout_s, max_ongoing_requests)
 VARIANTS = {

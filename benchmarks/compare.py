@@ -37,8 +37,22 @@ import httpx
 import numpy as np
 
 from benchmarks.load import LoadResult, load_photos, plot, results_table, sweep
-from benchmarks.report import RESULTS, check_agreement, command_line, machine_line, markdown_table
-from benchmarks.harness import RAY_ENV, deployment, free_port, running, serve_run, sized_config, wait_ready
+from benchmarks.report import (
+    RESULTS,
+    check_agreement,
+    command_line,
+    machine_line,
+    markdown_table,
+)
+from serve_app.launch.harness import (
+    RAY_ENV,
+    deployment,
+    free_port,
+    running,
+    serve_run,
+    sized_config,
+    wait_ready,
+)
 
 LEVELS = [1, 8, 32, 64]
 TARGETS = {"vs_flask": 3.0, "vs_plain": 2.0, "p99_over_p50_at_8": 3.0}
@@ -180,10 +194,10 @@ def in_process_ceiling(weights: str, seconds: float) -> float:
     import threading
     import time
 
-    from serve_app.backends import load_backend
     from serve_app.imaging import load_image
+    from serve_app.model.backends import load_backend
+    from serve_app.model.weights import resolve_weights
     from serve_app.settings import ModelSettings
-    from serve_app.weights import resolve_weights
 
     settings = ModelSettings(weights=weights, backend="onnx-int8", device="cpu")
     source = resolve_weights(settings.weights)

@@ -38,10 +38,18 @@ import httpx
 import numpy as np
 
 from benchmarks.compare import sized_for_two_cores
-from benchmarks.harness import RAY_ENV, REPO, free_port, replica_title, serve_run, sized_config
 from benchmarks.load import load_photos, sweep
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from serve_app.processes import processes
+from serve_app.launch.harness import (
+    RAY_ENV,
+    REPO,
+    free_port,
+    replica_title,
+    serve_run,
+    sized_config,
+)
+from serve_app.launch.processes import processes
+from serve_app.settings import SHARED_IMAGES
 
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = 32
@@ -104,10 +112,10 @@ def measure(weights: str, seconds: float, photos, env: dict[str, str], source: P
 
 def inference_ms(weights: str, threads: int, batches: dict[str, int], answered: int, photos) -> float:
     """CPU ms per request of the forward passes the replica ran, replayed here with its threads."""
-    from serve_app.backends import load_backend
     from serve_app.imaging import load_image
+    from serve_app.model.backends import load_backend
+    from serve_app.model.weights import resolve_weights
     from serve_app.settings import ModelSettings
-    from serve_app.weights import resolve_weights
 
     settings = ModelSettings(weights=weights, backend=BACKEND, device="cpu")
     model = load_backend(settings, resolve_weights(settings.weights), threads)
@@ -131,7 +139,7 @@ def checkout(ref: str) -> Iterator[Path]:
     worktree = parent / "repo"
     subprocess.run(["git", "worktree", "add", "--detach", str(worktree), ref], cwd=REPO, check=True,
                    capture_output=True)
-    (parent / "shared").symlink_to(REPO.parent / "shared")
+    (parent / SHARED_IMAGES.parent.name).symlink_to(SHARED_IMAGES.parent)
     try:
         yield worktree
     finally:

@@ -39,9 +39,23 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.harness import REPO, deployment, free_port, load_config, processes_named, replica_title, serve_run
 from benchmarks.load import load_photos, run_load
-from benchmarks.report import RESULTS, check_agreement, command_line, machine_line, markdown_table
+from benchmarks.report import (
+    RESULTS,
+    check_agreement,
+    command_line,
+    machine_line,
+    markdown_table,
+)
+from serve_app.launch.harness import (
+    REPO,
+    deployment,
+    free_port,
+    load_config,
+    processes_named,
+    replica_title,
+    serve_run,
+)
 
 NULL_APP = "benchmarks.baselines.null_serve:app"
 RAMP = [8, 64, 256, 256, 64, 8, 0, 0]  # concurrency per step of the autoscaling run; 0 = idle
@@ -93,7 +107,7 @@ def measure_null(plan: Plan) -> dict:
 def ours_config(plan: Plan) -> dict:
     if plan.dry_run:
         from benchmarks.compare import sized_for_two_cores
-        from benchmarks.harness import sized_config
+        from serve_app.launch.harness import sized_config
 
         return sized_config(free_port(), edit=sized_for_two_cores)
     config = load_config("gpu.yaml")
@@ -130,11 +144,11 @@ def part_one(plan: Plan, out: Path) -> dict:
 
 def part_two(plan: Plan, out: Path) -> dict:
     from benchmarks.gpu import http_load
-    from serve_app.fitting import fit_to_machine
+    from serve_app.launch.fitting import fit_to_machine
 
     run: dict = {"part": 2, "dry_run": plan.dry_run, "null": measure_null(plan)}
     if plan.dry_run:  # 2 cores hold one model replica as configured: shares small enough for two
-        from benchmarks.harness import fast_autoscaling, sized_config
+        from serve_app.launch.harness import fast_autoscaling, sized_config
 
         fitted = sized_config(free_port(), edit=fast_autoscaling)
     else:

@@ -30,7 +30,14 @@ import time
 import numpy as np
 
 from benchmarks.load import load_photos, run_load
-from benchmarks.report import RESULTS, Disagrees, check_agreement, command_line, machine_line, markdown_table
+from benchmarks.report import (
+    RESULTS,
+    Disagrees,
+    check_agreement,
+    command_line,
+    machine_line,
+    markdown_table,
+)
 
 BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 MIN_TOP1_AGREEMENT = 0.99
@@ -41,10 +48,10 @@ def model_only(seconds_per_point: float, device: str = "cuda", batch_sizes: list
     On `device="cpu"` (a dry run of benchmarks/device_run.py) only eager fp32 runs."""
     import torch
 
-    from serve_app.backends.torch_eager import TorchEagerBackend
     from serve_app.imaging import load_image
+    from serve_app.model.backends.torch_eager import TorchEagerBackend
+    from serve_app.model.weights import resolve_weights
     from serve_app.settings import ModelSettings
-    from serve_app.weights import resolve_weights
 
     source = resolve_weights("standin")
     photos = [load_image(data, max_pixels=10**8) for _, data in load_photos()]
@@ -56,7 +63,7 @@ def model_only(seconds_per_point: float, device: str = "cuda", batch_sizes: list
     if not np.isfinite(reference).all():
         raise Disagrees("eager FP32 answered NaN or infinity: nothing to compare with")
     if device == "cuda":
-        from serve_app.backends.cuda_graphs import CudaGraphsBackend
+        from serve_app.model.backends.cuda_graphs import CudaGraphsBackend
 
         graphs = CudaGraphsBackend(
             ModelSettings(weights="standin", backend="cuda-graphs", graph_batch_sizes=sizes), source, 4
@@ -116,10 +123,10 @@ def served_top1(url: str, weights: str) -> tuple[list[int], list[int]]:
     import httpx
     import torch
 
-    from serve_app.backends.torch_eager import TorchEagerBackend
     from serve_app.imaging import load_image
+    from serve_app.model.backends.torch_eager import TorchEagerBackend
+    from serve_app.model.weights import resolve_weights
     from serve_app.settings import ModelSettings
-    from serve_app.weights import resolve_weights
 
     photos = load_photos()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -135,7 +142,7 @@ def served_top1(url: str, weights: str) -> tuple[list[int], list[int]]:
 
 
 def end_to_end(args) -> list[dict]:
-    from benchmarks.harness import free_port, load_config, serve_run
+    from serve_app.launch.harness import free_port, load_config, serve_run
 
     config = load_config("gpu.yaml")
     config["http_options"].update(host="127.0.0.1", port=free_port())

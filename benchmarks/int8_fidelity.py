@@ -4,7 +4,7 @@
     python -m benchmarks.int8_fidelity --recipes classifier-fp32,classifier-fp32-percentile-gptq --networks stand-in
 
 Three differently built ResNet-18s, each exported to FP32 ONNX and quantized by every recipe of
-serve_app.artifacts.RECIPES exactly as the service does it (calibrated on 32 images), then compared
+serve_app.model.artifacts.RECIPES exactly as the service does it (calibrated on 32 images), then compared
 with its own FP32 model on images that were never used for calibration:
 
 - `stand-in`: the service's stand-in (classes defined by shared photos 0-31, which also calibrate).
@@ -36,23 +36,33 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.harness import SHARED_IMAGES
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from serve_app.artifacts import INPUT_NAME, OUTPUT_NAME, RECIPES, SERVED_RECIPE, Int8Recipe, export_onnx, quantize_int8
-from serve_app.calibration import photo_batch
-from serve_app.evaluate import Fidelity
-from serve_app.predictions import softmax
+from serve_app.imaging import image_files
+from serve_app.launch.evaluate import Fidelity
+from serve_app.model.artifacts import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    RECIPES,
+    SERVED_RECIPE,
+    Int8Recipe,
+    export_onnx,
+    quantize_int8,
+)
+from serve_app.model.calibration import CALIBRATION_IMAGES, photo_batch
+from serve_app.model.top_k import softmax
+from serve_app.settings import SHARED_IMAGES
 
 TARGET_TOP1 = 0.98
 TARGET_SPEEDUP = 2.0
 DIGITS_SIZE = 112
 DIGITS_VERSION = "digits-v1"
+EVALUATION_FROM = 64  # photos 0-31 calibrate (and make the stand-in), 32-63 make the seeded network
 
 
 @dataclass
 class Network:
     name: str
-    build: Callable[[], object]  # -> serve_app.network.ResNet18Classifier
+    build: Callable[[], object]  # -> serve_app.model.network.ResNet18Classifier
     calibration: np.ndarray  # uint8 NHWC
     evaluation: np.ndarray
 
@@ -94,7 +104,7 @@ def variants(image):
 def classifier(state_dict) -> object:
     from torchvision.models import resnet18
 
-    from serve_app.network import ResNet18Classifier
+    from serve_app.model.network import ResNet18Classifier
 
     resnet = resnet18(weights=None)
     resnet.load_state_dict(state_dict)
@@ -102,16 +112,16 @@ def classifier(state_dict) -> object:
 
 
 def standin_network():
-    from serve_app.standin import standin_state_dict
+    from serve_app.model.standin import standin_state_dict
 
     return classifier(standin_state_dict(str(SHARED_IMAGES)))
 
 
 def seeded_network():
     """The stand-in's recipe with seed 1, from photos 32-63 (none of which calibrates)."""
-    from serve_app.standin import build_standin_state_dict
+    from serve_app.model.standin import build_standin_state_dict
 
-    photos = sorted(SHARED_IMAGES.glob("*.JPEG"))[32:64]
+    photos = image_files(SHARED_IMAGES)[CALIBRATION_IMAGES:EVALUATION_FROM]
     with tempfile.TemporaryDirectory() as folder:
         for photo in photos:
             os.symlink(photo, Path(folder) / photo.name)
@@ -138,8 +148,8 @@ def digits_network(epochs: int = 5, train: int = 1200):
     import torch
     from torchvision.models import resnet18
 
-    from serve_app.cache import cache_folder
-    from serve_app.network import ResNet18Classifier
+    from serve_app.model.cache import cache_folder
+    from serve_app.model.network import ResNet18Classifier
 
     path = cache_folder() / f"resnet18-{DIGITS_VERSION}.pt"
     if path.is_file():
@@ -164,10 +174,10 @@ def digits_network(epochs: int = 5, train: int = 1200):
 
 
 def networks(names: list[str]) -> list[Network]:
-    photos = sorted(SHARED_IMAGES.glob("*.JPEG"))
+    photos = image_files(SHARED_IMAGES)
     built = []
     if {"stand-in", "seeded"} & set(names):
-        calibration, evaluation = photo_batch(photos[:32]), photo_variants(photos[64:])
+        calibration, evaluation = photo_batch(photos[:CALIBRATION_IMAGES]), photo_variants(photos[EVALUATION_FROM:])
         built += [Network("stand-in", standin_network, calibration, evaluation),
                   Network("seeded", seeded_network, calibration, evaluation)]
     if "digits" in names:
@@ -180,7 +190,7 @@ def session(path: Path, threads: int = 2):
     """The model at `path`, run on the CPU the way a replica runs it."""
     import onnxruntime as ort
 
-    from serve_app.backends.onnx_runtime import session_options
+    from serve_app.model.backends.onnx_runtime import session_options
 
     return ort.InferenceSession(str(path), session_options(threads, spinning=False), providers=["CPUExecutionProvider"])
 
@@ -200,25 +210,30 @@ def batch_seconds(model, batch: np.ndarray, runs: int = 20) -> float:
     return float(np.median(times))
 
 
-def measure(network: Network, recipes: list[Int8Recipe], folder: Path) -> dict:
+def measure(network: Network, recipes: list[Int8Recipe], folder: Path, timed: bool = True,
+            built: dict[str, Path] | None = None) -> dict:
+    """Each recipe's INT8 against the network's FP32 on its evaluation images, and (`timed`) its speed
+    and build time. `built` names INT8 models already quantized from this FP32 by a recipe (the
+    service's own artifacts): those are compared as they are, not built again."""
     fp32 = folder / f"{network.name}.onnx"
     example_size = network.evaluation.shape[1]
     export_onnx(network.build(), fp32, example_size=example_size)
     reference_model = session(fp32)
     reference = probabilities(reference_model, network.evaluation)
-    fp32_seconds = batch_seconds(reference_model, network.evaluation[:8])
+    fp32_seconds = batch_seconds(reference_model, network.evaluation[:8]) if timed else None
     rows = {}
     for recipe in recipes:
-        int8 = folder / f"{network.name}-{recipe.name}.onnx"
+        int8 = (built or {}).get(recipe.name)
         started = time.perf_counter()
-        quantize_int8(fp32, int8, network.calibration, recipe)
+        if int8 is None:
+            int8 = folder / f"{network.name}-{recipe.name}.onnx"
+            quantize_int8(fp32, int8, network.calibration, recipe)
         build_seconds = time.perf_counter() - started
         model = session(int8)
-        rows[recipe.name] = {
-            **asdict(Fidelity.of(probabilities(model, network.evaluation), reference)),
-            "speedup": fp32_seconds / batch_seconds(model, network.evaluation[:8]),
-            "build_seconds": build_seconds,
-        }
+        rows[recipe.name] = asdict(Fidelity.of(probabilities(model, network.evaluation), reference))
+        if timed:
+            rows[recipe.name].update(speedup=fp32_seconds / batch_seconds(model, network.evaluation[:8]),
+                                     build_seconds=build_seconds)
         print(json.dumps({"network": network.name, "recipe": recipe.name, **rows[recipe.name]}), flush=True)
     return {"images": len(network.evaluation), "median_top1_probability": float(np.median(reference.max(1))),
             "recipes": rows}

@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.harness import SHARED_IMAGES
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-
+from serve_app.imaging import image_files
+from serve_app.settings import SHARED_IMAGES
 
 
 @dataclass
@@ -66,7 +66,7 @@ class LoadResult:
 
 
 def load_photos(folder: Path = SHARED_IMAGES) -> list[tuple[str, bytes]]:
-    return [(p.name, p.read_bytes()) for p in sorted(folder.glob("*.JPEG"))]
+    return [(p.name, p.read_bytes()) for p in image_files(folder)]
 
 
 async def run_load(

@@ -24,8 +24,14 @@ from tqdm import tqdm
 
 from benchmarks.load import load_photos, run_load
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
-from benchmarks.harness import (
-    deployment, free_port, process_memory_mb, processes_named, replica_title, serve_run, sized_config,
+from serve_app.launch.harness import (
+    deployment,
+    free_port,
+    process_memory_mb,
+    processes_named,
+    replica_title,
+    serve_run,
+    sized_config,
 )
 
 # Ray titles its worker processes; these fragments of their command lines name what we watch.

@@ -7,8 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+from serve_app.errors import WeightsError
+from serve_app.model.weights import resolve_weights
 from serve_app.settings import CPU_BACKENDS, WEIGHTS_ENV_VAR, ModelSettings, environment
-from serve_app.weights import WeightsError, resolve_weights
 
 
 def check_weights(spec: str, allow_download: bool, calibration_images: str | None = None) -> int:
@@ -48,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "serve":
-        from serve_app.launcher import serve_locally
+        from serve_app.launch.launcher import serve_locally
 
         return serve_locally(args.config, fit=not args.as_written)
     if args.command == "deploy":
-        from serve_app.launcher import deploy_to_cluster
+        from serve_app.launch.launcher import deploy_to_cluster
 
         return deploy_to_cluster(args.config, args.address)
     spec = args.weights or environment(WEIGHTS_ENV_VAR) or "torchvision"
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export(out: Path, spec: str, settings_json: str | None) -> int:
-    from serve_app.artifacts import export_artifacts
+    from serve_app.model.artifacts import export_artifacts
 
     settings = ModelSettings.model_validate_json(settings_json) if settings_json else ModelSettings(weights=spec)
     try:
@@ -79,8 +80,8 @@ def export(out: Path, spec: str, settings_json: str | None) -> int:
 
 
 def evaluate(images: Path, settings: ModelSettings, backends: list[str], threads: int) -> int:
-    from serve_app.evaluate import evaluate as run_evaluation
-    from serve_app.evaluate import format_reports
+    from serve_app.launch.evaluate import evaluate as run_evaluation
+    from serve_app.launch.evaluate import format_reports
 
     try:
         evaluation = run_evaluation(settings, images, backends, threads)

@@ -6,8 +6,8 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.classifier import Classifier
-from serve_app.ingress import Ingress
+from serve_app.http.ingress import Ingress
+from serve_app.model.classifier import Classifier
 from serve_app.settings import AppSettings
 
 

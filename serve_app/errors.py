@@ -1,4 +1,14 @@
-"""Errors as types. Each has a stable `code` and its HTTP `status`: the one status table."""
+"""Errors as types.
+
+A request's errors are ServiceErrors: each has a stable `code` and its HTTP `status`, the one status
+table. WeightsError is the operator's: the service cannot start with what it was configured to load.
+"""
+
+
+class WeightsError(RuntimeError):
+    """The configured weights (or the photos and artifacts built from them) cannot be had; the message
+    says how to provide them."""
+
 
 
 class ServiceError(Exception):
@@ -9,9 +19,6 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
-
-    def as_json(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
 
 
 class NoFileError(ServiceError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -20,9 +21,10 @@ from serve_app.errors import (
     UnsupportedMediaTypeError,
 )
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}  # what the CLI and calibration read from folders
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}  # what is read as a photo from a folder
 RESIZE_SIZE = 256
 CROP_SIZE = 224
+CROP_SHAPE = (CROP_SIZE, CROP_SIZE, 3)  # one image as the model takes it: uint8 height x width x RGB
 # JPEG reduced-size decoding keeps both sides at least this long: see decode_image.
 DRAFT_MIN_SIDE = 3 * RESIZE_SIZE
 MEAN = (0.485, 0.456, 0.406)
@@ -44,6 +46,12 @@ _IMAGE_SIGNATURES = (
     b"MM\x00*",  # TIFF, big-endian
     b"\x00\x00\x01\x00",  # ICO
 )
+
+
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The photos in a folder (and its subfolders where `recursive`), by suffix, sorted by path."""
+    found = folder.rglob("*") if recursive else folder.glob("*")
+    return sorted(path for path in found if path.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _looks_like_image(data: bytes) -> bool:

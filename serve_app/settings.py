@@ -25,22 +25,33 @@ CALIBRATION_ENV_VAR = "SERVE_APP_CALIBRATION_IMAGES"
 CACHE_ENV_VAR = "SERVE_APP_CACHE"
 # The 100 ImageNet photos beside the repository (calibration's default folder, tests, benchmarks).
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
-# Test only: model backends fail their first N forward passes (serve_app/backends FailingFirst).
+# Test only: model backends fail their first N forward passes (serve_app/model/backends FailingFirst).
 FAIL_FIRST_BATCHES_ENV_VAR = "SERVE_APP_TEST_FAIL_FIRST_BATCHES"
 # Every variable the service reads, and those whose values are secrets (never printed).
 SERVICE_ENV_VARS = (WEIGHTS_ENV_VAR, ARTIFACTS_ENV_VAR, API_KEYS_ENV_VAR, CALIBRATION_ENV_VAR, CACHE_ENV_VAR,
                     FAIL_FIRST_BATCHES_ENV_VAR)
 SECRET_ENV_VARS = (API_KEYS_ENV_VAR,)
 
-# Every backend, by name (serve_app/backends registers a class for each).
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    description: str
+    platform: str  # the Open Inference Protocol's name for what runs the model (GET /v2/models/...)
+    artifact: str | None = None  # the file `python -m serve_app export` builds for it; None: loads the weights
+    gpu_only: bool = False
+
+
+# Every backend, by name (serve_app/model/backends registers a class for each).
 BACKENDS = {
-    "torch": "eager PyTorch",
-    "torchscript": "TorchScript",
-    "onnx": "ONNX Runtime FP32",
-    "onnx-int8": "ONNX Runtime, static INT8",
-    "cuda-graphs": "GPU only: half precision, channels-last, CUDA Graphs per batch size",
+    "torch": BackendSpec("eager PyTorch", "pytorch_torch"),
+    "torchscript": BackendSpec("TorchScript", "pytorch_torchscript", "resnet18.torchscript.pt"),
+    "onnx": BackendSpec("ONNX Runtime FP32", "onnxruntime_onnx", "resnet18.onnx"),
+    "onnx-int8": BackendSpec("ONNX Runtime, static INT8", "onnxruntime_onnx", "resnet18-int8.onnx"),
+    "cuda-graphs": BackendSpec("GPU only: half precision, channels-last, CUDA Graphs per batch size",
+                               "pytorch_torch", gpu_only=True),
 }
-CPU_BACKENDS = ("torch", "torchscript", "onnx", "onnx-int8")
+CPU_BACKENDS = tuple(name for name, spec in BACKENDS.items() if not spec.gpu_only)
 # What `backend: auto` runs, by device: the fastest in benchmarks/results/backends.md on CPU.
 AUTO_BACKENDS = {"cpu": "onnx-int8", "cuda": "cuda-graphs", "mps": "torch"}
 
@@ -106,7 +117,7 @@ class ModelSettings(_Strict):
     )
     backend: BackendName = Field(
         "torch",
-        description="; ".join(f"'{name}': {what}" for name, what in BACKENDS.items())
+        description="; ".join(f"'{name}': {spec.description}" for name, spec in BACKENDS.items())
         + f"; 'auto': {AUTO_BACKENDS['cpu']} on CPU, {AUTO_BACKENDS['cuda']} on a CUDA GPU.",
     )
     device: DeviceName = Field("auto", description="'auto' picks CUDA where the replica has a GPU, else the CPU.")
@@ -242,6 +253,14 @@ class AppSettings(_Strict):
 class BatchSettings(_Strict):
     """The model deployment's `user_config`: applied with the `@serve.batch` setters, live."""
 
-    max_batch_size: int = Field(16, ge=1, le=1024)
+    max_batch_size: int = Field(
+        16, ge=1, le=1024,
+        description="Most images in one forward pass: the images of a batch of calls run in chunks of this many.",
+    )
+    max_calls_per_batch: int = Field(
+        16, ge=1, le=1024,
+        description="Most calls from ingress replicas that `@serve.batch` gathers into one batch (each call "
+                    "carries up to ingress.max_images_per_call images of several requests).",
+    )
     # Only while other requests are in the replica; a request arriving at an idle one runs at once.
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=1.0)

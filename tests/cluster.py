@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from serve_app.processes import descendants, kill_all, process_name, processes
-from benchmarks.harness import REPO, free_port
+from serve_app.launch.harness import REPO, free_port
+from serve_app.launch.processes import descendants, kill_all, process_name, processes
 
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
 SERVE_CLI = str(Path(sys.executable).with_name("serve"))
@@ -88,6 +88,10 @@ class LocalCluster:
         return subprocess.run([sys.executable, "-m", "serve_app", "deploy", str(path), "--address",
                                f"127.0.0.1:{self.gcs_port}"], env={**self.env, **(env or {})}, cwd=REPO,
                               capture_output=True, text=True, timeout=300)
+
+    def serve_shutdown(self) -> None:
+        """Every Serve application and Serve itself gone: the next deploy starts on empty nodes."""
+        self.run([SERVE_CLI, "shutdown", "--yes", "--address", self.dashboard])
 
     def serve_status(self) -> dict:
         return yaml.safe_load(self.run([SERVE_CLI, "status", "--address", self.dashboard]))

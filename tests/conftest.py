@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.processes import process_name, processes
-from benchmarks.harness import SHARED_IMAGES
+from serve_app.imaging import image_files
+from serve_app.launch.processes import process_name, processes
+from serve_app.settings import SHARED_IMAGES
 
 # What a Ray node and Serve's HTTP front leave behind when a test does not stop them.
 CLUSTER_PROCESSES = ("raylet", "gcs_server", "haproxy")
@@ -18,6 +19,13 @@ CLUSTER_PROCESSES = ("raylet", "gcs_server", "haproxy")
 def cluster_processes() -> set[int]:
     return {process.pid for process in processes()
             if process.state != "Z" and process_name(process.pid) in CLUSTER_PROCESSES}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The quickstart's first run goes first: it builds the stand-in and the artifacts from scratch
+    (as a user's first `make serve` does) and hands them to the session's cache, so the tests after
+    it do not build them again."""
+    items.sort(key=lambda item: item.path.name != "test_first_contact.py")
 
 
 def pytest_sessionstart(session):
@@ -44,7 +52,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def shared_images() -> list[Path]:
-    images = sorted(SHARED_IMAGES.glob("*.JPEG"))
+    images = image_files(SHARED_IMAGES)
     assert len(images) == 100, f"expected the 100 shared ImageNet JPEGs in {SHARED_IMAGES}"
     return images
 
@@ -56,8 +64,8 @@ def standin_reference():
     from PIL import Image, ImageOps
     from torchvision.models import ResNet18_Weights, resnet18
 
+    from serve_app.model.standin import standin_state_dict
     from serve_app.settings import ModelSettings
-    from serve_app.standin import standin_state_dict
 
     settings = ModelSettings(weights="standin")
     model = resnet18()
@@ -77,9 +85,9 @@ def standin_reference():
 def standin_artifacts() -> Path:
     """The folder of TorchScript, ONNX and INT8 ONNX exported from the stand-in: the cache the
     services under test use, built if missing (tests that change artifacts change copies)."""
-    from serve_app.artifacts import artifact_path
+    from serve_app.model.artifacts import artifact_path
+    from serve_app.model.weights import resolve_weights
     from serve_app.settings import ModelSettings
-    from serve_app.weights import resolve_weights
 
     return artifact_path(ModelSettings(weights="standin"), resolve_weights("standin"), "onnx").parent
 

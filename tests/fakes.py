@@ -1,20 +1,32 @@
-"""A stand-in for the model deployment's handle, so the HTTP app and its model client run in process.
+"""A stand-in for the model deployment's handle, so the HTTP app and its model client run in process:
+through Starlette's TestClient (`client_for`), or served over real HTTP by uvicorn (`asgi_server`).
 
-It answers the way a Classifier replica does (one call: a list of requests' ImageBatches in, their
-TopKs out), deterministically: each image's top class is its mean grey level, with probability
-0.9. Calls are recorded; failures (Ray's exceptions), a delay, or a gate that holds every call
-until it opens can be set up front.
+The fake handle answers the way a Classifier replica does (one call: a list of requests'
+ImageBatches in, their TopKs out), deterministically: each image's top class is its mean grey
+level, with probability 0.9. Calls are recorded; failures (Ray's exceptions), a delay, or a gate
+that holds every call until it opens can be set up front.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
+from starlette.testclient import TestClient
 
 from serve_app.errors import ServiceError
+from serve_app.http.api import build_app
+from serve_app.http.model_client import RayModelClient
 from serve_app.imaging import load_image
-from serve_app.predictions import ImageBatch, TopK, top_k_rows
+from serve_app.launch.harness import free_port
+from serve_app.model.top_k import top_k_rows
+from serve_app.settings import AppSettings
+from serve_app.wire import ImageBatch, TopK
 
 MODEL_INFO = {
     "architecture": "resnet18",
@@ -83,10 +95,56 @@ class FakeModelHandle:
 
 def answer(batch: ImageBatch) -> TopK:
     """What a replica answers for one request's images."""
-    rows: list[np.ndarray | ServiceError] = [fake_probabilities(pixels) for pixels in batch.pixels]
-    for jpeg in batch.jpegs:
-        try:
-            rows.append(fake_probabilities(load_image(jpeg, max_pixels=10**9, draft=False)))
-        except ServiceError as error:
-            rows.append(error)
+    rows: list[np.ndarray | ServiceError] = []
+    for image in batch.images:
+        if isinstance(image, bytes):  # a JPEG to decode, as a replica with decode_on_replica does
+            try:
+                image = load_image(image, max_pixels=10**9, draft=False)
+            except ServiceError as error:
+                image = error
+        rows.append(image if isinstance(image, ServiceError) else fake_probabilities(image))
     return top_k_rows(rows, batch.k)
+
+
+class RequestCounts(Counter):
+    def inc(self, tags: dict) -> None:
+        self[(tags["route"], tags["status"])] += 1
+
+
+class RecordingMetrics:
+    """Records what IngressMetrics would export: requests by (route, status), refusals by code."""
+
+    def __init__(self):
+        self.requests, self.rejections, self.decode_seconds = RequestCounts(), Counter(), []
+
+    def rejected(self, reason: str) -> None:
+        self.rejections[reason] += 1
+
+
+def client_for(handle=None, **args) -> tuple[TestClient, FakeModelHandle, RecordingMetrics]:
+    """The HTTP app with these settings (`args`, as a config's), in process over the fake handle."""
+    settings = AppSettings.model_validate(args)
+    handle, metrics = handle or FakeModelHandle(), RecordingMetrics()
+    model = RayModelClient(handle, settings, on_decoded=metrics.decode_seconds.append)
+    return TestClient(build_app(model, settings, metrics), raise_server_exceptions=False), handle, metrics
+
+
+@contextmanager
+def asgi_server(app) -> Iterator[str]:
+    """`app` served by uvicorn on 127.0.0.1 in a thread of this process: its base URL while open."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="asgi-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import io
 import random
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -181,3 +183,53 @@ def mutated_uploads(draw, originals: list[bytes]) -> Upload:
     content_type = draw(st.sampled_from(CONTENT_TYPES))
     filename = draw(st.sampled_from(["photo.jpg", "x.png", "", "../../etc/passwd", "a" * 300, "图片.gif"]))
     return Upload((data,), multipart=multipart, filename=filename, content_type=content_type)
+
+
+MIXED_REQUEST_CODES = ["ok", "unsupported_media_type", "ok", "corrupt_image", "empty_image"]
+
+
+def assert_json_answer(response: httpx.Response, case: str) -> None:
+    """A 2xx with predictions for every image (or each image's own error), or a 4xx in the error shape."""
+    assert response.status_code < 500, f"{case}: {response.status_code} {response.text[:300]}"
+    body = response.json()
+    if response.status_code >= 400:
+        assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, f"{case}: {body}"
+        assert body["error"]["message"], case
+    elif "results" in body:
+        for entry in body["results"]:
+            assert "predictions" in entry or set(entry["error"]) == {"code", "message"}, f"{case}: {entry}"
+    else:
+        assert len(body["predictions"]) == 3, case
+
+
+def send_cases(client: httpx.Client, url: str, cases: list[tuple[str, Upload]]) -> Counter:
+    """Each named case answered cleanly: valid odd images classified, the mixed request answered
+    image by image. The statuses, counted."""
+    sent = Counter()
+    for name, upload in cases:
+        response = send(client, url, upload)
+        assert_json_answer(response, name)
+        sent[response.status_code] += 1
+        if name.startswith("valid"):
+            assert response.status_code == 200, f"{name}: {response.text}"
+        if name == "mixed multi-image request":
+            codes = [e.get("error", {}).get("code", "ok") for e in response.json()["results"]]
+            assert codes == MIXED_REQUEST_CODES
+    return sent
+
+
+def send_mutations(client: httpx.Client, url: str, originals: list[bytes], count: int) -> Counter:
+    """`count` of Hypothesis' mutations of the originals (the same ones on every run), each answered
+    cleanly. The statuses, counted."""
+    sent = Counter()
+
+    @settings(max_examples=count, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(mutated_uploads(originals))
+    def mangled_upload_is_answered_cleanly(upload):
+        response = send(client, url, upload)
+        assert_json_answer(response, repr(upload)[:300])
+        sent[response.status_code] += 1
+
+    mangled_upload_is_answered_cleanly()
+    return sent

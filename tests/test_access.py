@@ -6,9 +6,11 @@ import hmac
 
 import pytest
 
-from serve_app import access
-from serve_app.access import access_middleware, bearer_token, key_matches
+from serve_app.http import access
+from serve_app.http.access import access_middleware, bearer_token, key_matches
 from serve_app.settings import AppSettings, AuthSettings, IngressSettings
+
+pytestmark = pytest.mark.fast  # in process and quick: `make test-fast`
 
 KEYS = [b"alpha-key", b"beta-key", b"gamma-key"]
 

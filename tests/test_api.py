@@ -16,7 +16,6 @@ import logging
 import re
 import struct
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,41 +25,21 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.testclient import TestClient
 
-from serve_app.openapi import error_types
-from serve_app.api import build_app
-from serve_app.imaging import load_image
+from serve_app.http.inference_protocol import speaks_inference_protocol
+from serve_app.http.model_client import RayModelClient
+from serve_app.http.openapi import error_types
+from serve_app.http.routes import ENDPOINTS, OPEN_PATHS, ROUTE_PATHS
+from serve_app.imaging import CROP_SHAPE, load_image
 from serve_app.labels import imagenet_labels
-from serve_app.model_client import RayModelClient
-from serve_app.routes import ENDPOINTS, OPEN_PATHS, ROUTE_PATHS, speaks_inference_protocol
 from serve_app.settings import AppSettings
-from tests.fakes import FakeModelHandle, expected_class
+from tests.fakes import FakeModelHandle, client_for, expected_class
 from tests.images import encode, exif_rotated_jpeg, png_header_only, truncated
+
+pytestmark = pytest.mark.fast  # in process and quick: `make test-fast`
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 KEYS = ["first-key-4f9d", "second-key-a71c"]
 ORIGIN = "http://dashboard.example"
-
-
-class RequestCounts(Counter):
-    def inc(self, tags: dict) -> None:
-        self[(tags["route"], tags["status"])] += 1
-
-
-class RecordingMetrics:
-    """Records what IngressMetrics would export: requests by (route, status), refusals by code."""
-
-    def __init__(self):
-        self.requests, self.rejections, self.decode_seconds = RequestCounts(), Counter(), []
-
-    def rejected(self, reason: str) -> None:
-        self.rejections[reason] += 1
-
-
-def client_for(handle=None, **args) -> tuple[TestClient, FakeModelHandle, RecordingMetrics]:
-    settings = AppSettings.model_validate(args)
-    handle, metrics = handle or FakeModelHandle(), RecordingMetrics()
-    model = RayModelClient(handle, settings, on_decoded=metrics.decode_seconds.append)
-    return TestClient(build_app(model, settings, metrics), raise_server_exceptions=False), handle, metrics
 
 
 def upload(path: Path, name: str | None = None):
@@ -79,7 +58,8 @@ def test_one_image_is_one_call_with_uint8_pixels_and_only_the_top_k_comes_back(a
     answer = client.post("/v1/classify", files=[upload(shared_images[0])], params={"top_k": 5})
     assert answer.status_code == 200, answer.text
     [call] = handle.requests
-    assert call.pixels.dtype == np.uint8 and call.pixels.shape == (1, 224, 224, 3) and call.jpegs == () and call.k == 5
+    [pixels] = call.images
+    assert pixels.dtype == np.uint8 and pixels.shape == CROP_SHAPE and call.k == 5
     expected = expected_class(load_image(shared_images[0].read_bytes(), max_pixels=10**9))
     predictions = answer.json()["predictions"]
     assert len(predictions) == 5 and predictions[0]["index"] == expected and predictions[0]["score"] == pytest.approx(0.9)
@@ -94,7 +74,8 @@ def test_several_images_travel_as_one_call_and_a_bad_one_fails_alone(api, shared
     answer = client.post("/v1/classify", files=files, params={"top_k": 2})
     assert answer.status_code == 200, answer.text
     [call] = handle.requests
-    assert len(call.pixels) == 2, "the corrupt image never travels"
+    kinds = [type(image).__name__ for image in call.images]
+    assert kinds == ["ndarray", "CorruptImageError", "ndarray"], "the corrupt image travels as its error only"
     results = answer.json()["results"]
     assert [r["filename"] for r in results] == [shared_images[1].name, "bad.jpg", shared_images[3].name]
     assert results[1]["error"]["code"] == "corrupt_image" and "predictions" not in results[1]
@@ -113,7 +94,8 @@ def test_with_decode_on_replica_plain_jpegs_travel_as_bytes_and_others_as_pixels
         answer = client.post("/v1/classify", files=files)
     assert answer.status_code == 200, answer.text
     [call] = handle.requests
-    assert len(call.pixels) == 2 and len(call.jpegs) == 2, "PNG and EXIF-rotated decoded here; plain JPEGs sent"
+    kinds = [type(image).__name__ for image in call.images]
+    assert kinds == ["ndarray", "bytes", "ndarray", "bytes"], "PNG and EXIF-rotated decoded here; plain JPEGs sent"
     indices = [r["predictions"][0]["index"] for r in answer.json()["results"]]
     assert indices[1] == expected_class(load_image(shared_images[4].read_bytes(), max_pixels=10**9, draft=False))
 
@@ -415,7 +397,7 @@ def test_v2_infer_takes_uint8_pixels_without_decoding(api, shared_images):
     assert answer.status_code == 200, answer.text
     data = np.array(answer.json()["outputs"][0]["data"]).reshape(2, 1000)
     assert list(data.argmax(1)) == [expected_class(p) for p in pixels]
-    assert np.array_equal(handle.requests[0].pixels, pixels) and metrics.decode_seconds == []
+    assert np.array_equal(np.stack(handle.requests[0].images), pixels) and metrics.decode_seconds == []
 
 
 V2_BAD_REQUESTS = {

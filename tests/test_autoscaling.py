@@ -12,8 +12,10 @@ from types import SimpleNamespace
 import pytest
 from ray.serve.config import AutoscalingConfig
 
-from serve_app.autoscaling import IMAGES_IN_FLIGHT, ImagesInFlight, TimeAverage
-from benchmarks.harness import deployment, load_config
+from serve_app.launch.harness import deployment, load_config
+from serve_app.model.autoscaling import IMAGES_IN_FLIGHT, ImagesInFlight, TimeAverage
+
+pytestmark = pytest.mark.fast  # in process and quick: `make test-fast`
 
 
 class Clock:
@@ -61,5 +63,5 @@ def test_the_shipped_configs_scale_the_model_on_images_in_flight():
         scaling = deployment(load_config(name), "Classifier")["autoscaling_config"]
         config = AutoscalingConfig(**scaling)  # what Serve validates on deploy
         policy = config.policy
-        assert policy.policy_function == "serve_app.autoscaling:ImagesInFlight", name
+        assert policy.policy_function == "serve_app.model.autoscaling:ImagesInFlight", name
         assert ImagesInFlight(**policy.policy_kwargs).target > 0

@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from serve_app.artifacts import ArtifactError, artifact_path
-from serve_app.evaluate import probabilities as backend_probabilities
 from serve_app.imaging import load_image
+from serve_app.launch.evaluate import probabilities as backend_probabilities
+from serve_app.model.artifacts import ArtifactError, artifact_path
+from serve_app.model.weights import resolve_weights
 from serve_app.settings import ModelSettings
-from serve_app.weights import resolve_weights
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def test_int8_agrees_with_eager_torch_on_top1(photos, artifacts):
 
 def test_onnx_replica_never_imports_torch(artifacts):
     code = (
-        "import sys; from serve_app.backends import load_backend; from serve_app.settings import ModelSettings;"
-        "from serve_app.weights import resolve_weights;"
+        "import sys; from serve_app.model.backends import load_backend; from serve_app.settings import ModelSettings;"
+        "from serve_app.model.weights import resolve_weights;"
         f"s = ModelSettings(weights='standin', backend='onnx-int8', artifacts_dir={str(artifacts)!r});"
         "load_backend(s, resolve_weights('standin'), 1); sys.exit('torch' in sys.modules)"
     )

@@ -13,13 +13,15 @@ import pytest
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
-from serve_app.api import build_app
 from serve_app.errors import CorruptImageError, OverloadedError
+from serve_app.http.api import build_app
+from serve_app.http.model_client import RayModelClient
 from serve_app.imaging import load_image
-from serve_app.model_client import RayModelClient
 from serve_app.settings import AppSettings
 from tests.fakes import FakeModelHandle, expected_class
 from tests.images import truncated
+
+pytestmark = pytest.mark.fast  # in process and quick: `make test-fast`
 
 
 def client(handle: FakeModelHandle, **ingress) -> RayModelClient:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from importlib.metadata import version as installed_version
 
 import kubernetes_validate
 import pytest
@@ -12,11 +13,13 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.launcher import RAY_ENV
-from benchmarks.harness import REPO
+from serve_app.launch.harness import REPO
+from serve_app.launch.launcher import RAY_ENV
 
 sys.path.insert(0, str(REPO / "k8s"))
 import render  # noqa: E402  (k8s/render.py, a script)
+
+pytestmark = pytest.mark.fast  # in process and quick: `make test-fast`
 
 FLAVORS = ("cpu", "gpu")
 K8S_VERSION = kubernetes_validate.latest_version()
@@ -114,6 +117,10 @@ def test_dockerfile_matches_the_package():
     assert commands and all(command in help_text for command in commands)
     images = {c["image"].rsplit(":", 1)[1] for flavor in FLAVORS for t in pod_templates(manifest(flavor))
               for c in t["spec"]["containers"]}
-    assert images == {"0.1.0-cpu", "0.1.0-gpu"}, "manifests use the tags the README's build commands make"
+    version = installed_version("serve-app")  # pyproject.toml's, as `make install` installed it
+    tags = {f"{version}-{flavor}" for flavor in FLAVORS}
+    assert images == tags, "manifests use the package's version as their image tags"
+    built = set(re.findall(r"-t REGISTRY/serve-app:(\S+) ", (REPO / "README.md").read_text()))
+    assert built == tags, "the README's build commands make those tags"
     ignored = (REPO / ".dockerignore").read_text().split()
     assert "serve_app" not in ignored and "pyproject.toml" not in ignored

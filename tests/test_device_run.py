@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmarks.harness import REPO
+from serve_app.launch.harness import REPO
 
 pytestmark = pytest.mark.serve
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.backends import load_backend
 from serve_app.imaging import DRAFT_MIN_SIDE, decode_image, load_image
+from serve_app.model.backends import load_backend
+from serve_app.model.weights import resolve_weights
 from serve_app.settings import ModelSettings
-from serve_app.weights import resolve_weights
 
 LIMIT = 10**9
 

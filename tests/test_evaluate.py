@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from serve_app.__main__ import main
-from serve_app.evaluate import evaluate, probabilities, true_class
 from serve_app.imaging import load_image
 from serve_app.labels import imagenet_labels
+from serve_app.launch.evaluate import evaluate, probabilities, true_class
+from serve_app.model.calibration import CALIBRATION_IMAGES, held_out_files
 from serve_app.settings import ModelSettings
 
 
@@ -42,11 +43,13 @@ def test_cli_prints_agreement_for_every_backend(settings, shared_images, capsys,
                  "--artifacts", settings.artifacts_dir, "--threads", "2"])
     out = capsys.readouterr().out
     assert code == 0
-    assert out.startswith("68 images (calibration photos left out: 32)"), "INT8 is judged on photos it was not tuned on"
+    held_out = len(shared_images) - CALIBRATION_IMAGES
+    assert out.startswith(f"{held_out} images (calibration photos left out: {CALIBRATION_IMAGES})"), \
+        "INT8 is judged on photos it was not tuned on"
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:5]}
     assert set(rows) == {"torch", "onnx", "onnx-int8"}
     check = out.splitlines()[5]
-    assert check.startswith("onnx-int8 build check (manifest): ") and "68 held-out photos" in check, check
+    assert check.startswith("onnx-int8 build check (manifest): ") and f"{len(held_out_files())} held-out photos" in check, check
     assert check.endswith("passes int8_min_agreement 97.0%"), check
     assert rows["onnx"][1:3] == ["100.0%", "100.0%"], "FP32 ONNX: same top-1 and the same top 5"
     assert float(rows["onnx-int8"][1].rstrip("%")) >= 90.0

@@ -5,6 +5,7 @@ failures of configs that cannot fit the machine."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,17 +17,27 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.artifacts import EXPORT_STEPS
+from serve_app.launch.harness import (
+    REPO,
+    healthz_ok,
+    load_config,
+    running,
+    session_members,
+    wait_ready,
+)
+from serve_app.launch.launcher import port_is_free
+from serve_app.launch.processes import kill_all, process_name
+from serve_app.model.artifacts import EXPORT_STEPS
+from serve_app.model.cache import cache_folder
+from serve_app.model.calibration import held_out_files
 from serve_app.settings import CACHE_ENV_VAR
-from serve_app.launcher import port_is_free
-from serve_app.processes import kill_all, process_name
-from benchmarks.harness import REPO, healthz_ok, load_config, running, session_members, wait_ready
 
 pytestmark = pytest.mark.serve
 
 BASE_URL = "http://127.0.0.1:8000"  # configs/cpu.yaml's port, as a user reaches it
 READY_WITH_CACHE_S = 60
 STOPPED_WITHIN_S = 10
+MAKE_SERVE = "$(PY) -m serve_app serve --config $(CONFIG)"  # the Makefile's recipe for `make serve`
 
 
 @dataclass
@@ -87,10 +98,27 @@ def cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def first_run(cache, tmp_path_factory) -> Run:
     log = tmp_path_factory.mktemp("first") / "make-serve.log"
-    return serve_until_ready_then_stop(["make", "serve"], log, {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)})
+    run = serve_until_ready_then_stop(["make", "serve"], log, {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)})
+    seed_the_session_cache(cache)
+    return run
 
 
-def test_first_make_serve_says_what_it_does_while_it_builds_its_cache(first_run):
+def seed_the_session_cache(built: Path) -> None:
+    """What the first run built is what the rest of the suite needs (the same stand-in and artifacts,
+    keyed by the same hashes): copy into the session's cache what it does not hold yet, so a clean
+    machine builds them once. (conftest.py runs this module first.)"""
+    target = cache_folder()
+    for entry in [*built.glob("*.pt"), *(built / "artifacts").glob("*-checked")]:
+        destination = target / entry.relative_to(built)
+        if destination.exists():
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        staging = destination.with_name(f".seeding-{destination.name}")
+        (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, staging)
+        os.replace(staging, destination)
+
+
+def test_first_make_serve_says_what_it_does_while_it_builds_its_cache_and_stops_on_ctrl_c(first_run):
     lines = first_run.log.splitlines()
 
     def index(fragment: str) -> int:
@@ -106,17 +134,22 @@ def test_first_make_serve_says_what_it_does_while_it_builds_its_cache(first_run)
         < index("replicas starting") < index(f"ready: {BASE_URL}")
     )
     assert "curl -F file=@photo.jpg http://127.0.0.1:8000/v1/classify" in first_run.log
-    assert first_run.stopped_after_s < STOPPED_WITHIN_S and not first_run.left_running
+    assert first_run.stopped_after_s < STOPPED_WITHIN_S and not first_run.left_running, first_run.left_running
+    assert port_is_free("0.0.0.0", 8000)
 
 
-def test_make_serve_with_its_cache_is_ready_within_a_minute_answers_and_stops_on_ctrl_c(
+def test_with_its_cache_it_is_ready_within_a_minute_answers_and_sigterm_stops_everything_it_started(
     first_run, cache, shared_images, tmp_path
 ):
+    """The command `make serve` runs, as a container or supervisor runs it: `kill`, `docker stop` and
+    systemd send SIGTERM to that process alone; then, as an impatient operator or supervisor would,
+    a second one while it is stopping, which must not cut the stop short. (The first run above
+    stopped on Ctrl-C.)"""
     def answers():
         health = httpx.get(f"{BASE_URL}/healthz", timeout=10).json()
         assert health["model"]["standin"] is True and health["model"]["backend"] == "onnx-int8"
         check = health["replica"]["int8_check"]
-        assert check["top1_agreement"] >= check["min_agreement"] and check["images"] == 68, check
+        assert check["top1_agreement"] >= check["min_agreement"] and check["images"] == len(held_out_files()), check
         photo = shared_images[0]
         response = httpx.post(f"{BASE_URL}/v1/classify", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")},
                               timeout=30)
@@ -126,24 +159,16 @@ def test_make_serve_with_its_cache_is_ready_within_a_minute_answers_and_stops_on
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert "<html" in page.text.lower()
 
+    assert MAKE_SERVE in (REPO / "Makefile").read_text(), "the command `make serve` runs"
     run = serve_until_ready_then_stop(
-        ["make", "serve"], tmp_path / "make-serve.log", {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)},
-        while_up=answers,
+        MAKE_SERVE.replace("$(PY)", sys.executable).replace("$(CONFIG)", "configs/cpu.yaml").split(),
+        tmp_path / "serve.log", {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)},
+        while_up=answers, stop=sigterm_twice,
     )
-    print(f"make serve with its cache: ready after {run.ready_after_s:.1f}s, stopped {run.stopped_after_s:.1f}s "
-          "after Ctrl-C")
+    print(f"serve with its cache: ready after {run.ready_after_s:.1f}s, stopped {run.stopped_after_s:.1f}s "
+          "after SIGTERM")
     assert "building model artifacts" not in run.log
     assert run.ready_after_s < READY_WITH_CACHE_S, run.log
-    assert run.stopped_after_s < STOPPED_WITHIN_S, run.log
-    assert not run.left_running, f"still running after Ctrl-C: {run.left_running}"
-    assert port_is_free("0.0.0.0", 8000)
-
-
-def test_sigterm_stops_ray_and_everything_it_started_and_a_second_one_is_ignored(first_run, cache, tmp_path):
-    run = serve_until_ready_then_stop(
-        [sys.executable, "-m", "serve_app", "serve", "--config", "configs/cpu.yaml"], tmp_path / "serve.log",
-        {"SERVE_APP_WEIGHTS": "standin", CACHE_ENV_VAR: str(cache)}, stop=sigterm_twice,
-    )
     assert "Traceback" not in run.log, "the second SIGTERM broke into the stop"
     assert "SIGTERM received" not in run.log, "Ray's own handler took the signal: nothing was stopped cleanly"
     assert run.log.rstrip().endswith("stopped"), run.log

@@ -1,11 +1,20 @@
-"""Fitting the shipped configs to a machine or a cluster (serve_app/fitting.py): pure, no Ray."""
+"""Fitting the shipped configs to a machine or a cluster (serve_app/launch/fitting.py): pure, no Ray."""
 
 import math
 
 import pytest
 
-from serve_app.fitting import DoesNotFit, check_cluster_fit, demands, fit_to_machine, minimum, unschedulable_message
-from benchmarks.harness import deployment, load_config
+from serve_app.launch.fitting import (
+    DoesNotFit,
+    check_cluster_fit,
+    demands,
+    fit_to_machine,
+    minimum,
+    unschedulable_message,
+)
+from serve_app.launch.harness import deployment, load_config
+
+pytestmark = pytest.mark.fast  # in process and quick: `make test-fast`
 
 
 def minimum_cpus(config) -> float:
@@ -35,7 +44,9 @@ def test_cpu_config_keeps_its_shares_on_sixteen_cores_and_autoscales_only_to_wha
         assert d.max_replicas * d.cpus + others <= 16
         assert d.max_replicas >= d.min_replicas
     classifier = next(d for d in demands(fitted.config) if d.name == "Classifier")
-    assert classifier.max_replicas == 7  # 15 CPUs beside the one Ingress, 2 each
+    ingress = next(d for d in demands(fitted.config) if d.name == "Ingress")
+    assert classifier.max_replicas == (16 - ingress.min_replicas * ingress.cpus) // classifier.cpus, \
+        "as many classifiers as the CPUs beside the Ingress's minimum hold"
 
 
 def test_gpu_config_fits_a_gpu_node_and_is_refused_without_a_gpu():

@@ -11,12 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.backends.cuda_graphs import CudaGraphsBackend, PaddedRunner
-from serve_app.device_imaging import decode_batch, in_batch_order
-from serve_app.imaging import is_plain_jpeg, load_image, open_image
-from serve_app.settings import AppSettings, BatchSettings, IngressSettings, ModelSettings
-from serve_app.weights import resolve_weights
-from benchmarks.harness import deployment, load_config
+from serve_app.imaging import image_files, is_plain_jpeg, load_image, open_image
+from serve_app.launch.harness import deployment, load_config
+from serve_app.model.backends.cuda_graphs import CudaGraphsBackend, PaddedRunner
+from serve_app.model.device_imaging import decode_batch
+from serve_app.model.weights import resolve_weights
+from serve_app.settings import (
+    AppSettings,
+    BatchSettings,
+    IngressSettings,
+    ModelSettings,
+)
 from tests.images import encode, exif_rotated_jpeg
 
 LIMITS = IngressSettings().decode_limits  # what the ingress applies, handed to replicas that decode
@@ -26,7 +31,7 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU on this machin
 
 @pytest.fixture(scope="module")
 def standin_network():
-    from serve_app.network import build_network
+    from serve_app.model.network import build_network
 
     settings = ModelSettings(weights="standin")
     return build_network(resolve_weights("standin"), settings)
@@ -139,9 +144,6 @@ def test_a_bad_jpeg_fails_alone_and_a_refused_one_falls_back_to_the_cpu(photos):
     assert all(e.code == "corrupt_image" for e in decoded.errors.values())
     cmyk_row = decoded.images[1].numpy()
     np.testing.assert_allclose(cmyk_row.mean(), load_image(cmyk, max_pixels=10**8).mean(), atol=3)
-    answers = in_batch_order(decoded, np.arange(3)[:, None] * np.ones((3, 1000)), 5)
-    assert [int(a[0]) for a in answers[::2]] == [0, 1, 2]
-    assert answers[1] == decoded.errors[1] and answers[3] == decoded.errors[3]
 
 
 def test_only_plain_jpegs_go_to_the_replica_undecoded(photos):
@@ -159,48 +161,6 @@ def test_only_plain_jpegs_go_to_the_replica_undecoded(photos):
         assert is_plain_jpeg(open_image(data, max_pixels=10**8)), name
     for name, data in not_plain.items():
         assert not is_plain_jpeg(open_image(data, max_pixels=10**8)), name
-
-
-# ---- decoding on the model replica, end to end over HTTP (CPU device here, nvJPEG on a GPU) ------
-
-
-@pytest.fixture(scope="module")
-def decoding_service():
-    from benchmarks.harness import free_port, serve_run, sized_config
-
-    def decode_on_replica(config):
-        config["applications"][0]["args"]["model"]["decode_on_replica"] = True
-
-    with serve_run(sized_config(free_port(), backend="torch", edit=decode_on_replica)) as base_url:
-        yield base_url
-
-
-@pytest.mark.serve
-def test_service_with_replica_decoding_answers_like_the_reference(decoding_service, photos, standin_reference):
-    import httpx
-    from PIL import Image
-
-    health = httpx.get(f"{decoding_service}/healthz").json()
-    assert health["replica"]["decodes_jpeg"] is True
-    agree = 0
-    for photo in photos:
-        response = httpx.post(f"{decoding_service}/v1/classify", files={"file": (photo.name, photo.read_bytes())}, timeout=60)
-        assert response.status_code == 200, response.text
-        agree += response.json()["predictions"][0]["index"] == int(standin_reference(photo).argmax())
-    assert agree >= 0.9 * len(photos)
-
-    rgb = Image.open(photos[0]).convert("RGB")
-    good = photos[1].read_bytes()
-    files = [
-        ("file", ("a.png", encode(rgb, "PNG"))),  # decoded by the ingress
-        ("file", ("b.jpg", encode(rgb.convert("CMYK"), "JPEG"))),  # decoded by the ingress
-        ("file", ("c.jpg", exif_rotated_jpeg(rgb))),  # decoded by the ingress
-        ("file", ("d.jpg", good[: len(good) // 3])),  # sent as bytes, fails in the replica
-        ("file", ("e.jpg", good)),  # sent as bytes
-    ]
-    results = httpx.post(f"{decoding_service}/v1/classify", files=files, timeout=60).json()["results"]
-    assert [r.get("error", {}).get("code", "ok") for r in results] == ["ok", "ok", "ok", "corrupt_image", "ok"]
-    assert results[0]["predictions"][0]["index"] == results[2]["predictions"][0]["index"]
 
 
 def test_gpu_benchmark_refuses_to_time_a_path_that_disagrees_with_fp32():
@@ -288,9 +248,10 @@ def test_nvjpeg_decoding_matches_the_cpu_decode(photos):
 BIG_JPEG_SCRIPT = """
 import resource, sys, torch
 from pathlib import Path
-from serve_app.device_imaging import decode_batch
+from serve_app.imaging import image_files
+from serve_app.model.device_imaging import decode_batch
 from serve_app.settings import DecodeLimits
-encoded = [p.read_bytes() for p in sorted(Path(sys.argv[1]).glob('*.jpg'))]
+encoded = [p.read_bytes() for p in image_files(Path(sys.argv[1]))]
 torch.set_num_threads(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 decoded = decode_batch(encoded, torch.device('cpu'), DecodeLimits(int(sys.argv[2]), True))
@@ -315,7 +276,7 @@ def test_a_chunk_of_large_jpegs_decodes_within_a_memory_bound_and_answers_as_the
     for i, photo in enumerate(shared_images[:8]):
         Image.open(photo).convert("RGB").resize((5000, 4000), Image.Resampling.BILINEAR).save(
             folder / f"{i}.jpg", quality=85)
-    encoded = [path.read_bytes() for path in sorted(folder.glob("*.jpg"))]
+    encoded = [path.read_bytes() for path in image_files(folder)]
     out = tmp_path / "decoded.pt"
     subprocess.run([sys.executable, "-c", BIG_JPEG_SCRIPT, str(folder), str(max_pixels), str(out)], check=True)
     result = torch.load(out)

@@ -18,10 +18,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
 
-from benchmarks.harness import RAY_ENV, SteadyLoad, deployment, free_port, serve_run, sized_config, wait_until
-from tests.hostile import corpus, mutated_uploads, send
+from serve_app.launch.harness import (
+    RAY_ENV,
+    SteadyLoad,
+    deployment,
+    free_port,
+    serve_run,
+    sized_config,
+    wait_until,
+)
+from tests.hostile import corpus, send_cases, send_mutations
 
 pytestmark = pytest.mark.serve
 
@@ -32,6 +39,7 @@ REQUEST_TIMEOUT_S = 3
 DASHBOARD = "http://127.0.0.1:8265"  # where `serve run` starts Ray's dashboard (Serve's REST API)
 SESSION = Path("/tmp/ray/session_latest")
 RAY_TOKEN = secrets.token_hex(32)  # Ray's own token auth, on for this test's cluster and its dashboard
+SAMPLED_MUTATIONS = 100
 
 
 def locked_down(config: dict) -> None:
@@ -72,53 +80,22 @@ def replica_identities() -> set[tuple[str, str, int]]:
     return {(name, r["replica_id"], r["pid"]) for name in ("Ingress", "Classifier") for r in replicas(name)}
 
 
-def assert_json_answer(response: httpx.Response, case: str) -> None:
-    assert response.status_code < 500, f"{case}: {response.status_code} {response.text[:300]}"
-    body = response.json()
-    if response.status_code >= 400:
-        assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, f"{case}: {body}"
-        assert body["error"]["message"], case
-    elif "results" in body:
-        for entry in body["results"]:
-            assert "predictions" in entry or set(entry["error"]) == {"code", "message"}, f"{case}: {entry}"
-    else:
-        assert len(body["predictions"]) == 3, case
-
-
 # ---- hostile input ---------------------------------------------------------------------------
 
 
-def test_hostile_uploads_get_json_answers_and_nothing_restarts(service, shared_images):
-    """The fixed corpus, then Hypothesis' mutations of real photos, while good photos keep flowing."""
+def test_a_sample_of_hostile_uploads_gets_json_answers_under_load_and_nothing_restarts(service, shared_images):
+    """Every tenth case of the corpus and 100 of Hypothesis' mutations, end to end while good photos
+    keep flowing (the whole corpus and 1,700 mutations run in process: tests/test_hostile_uploads.py)."""
     before = replica_identities()
     url = f"{service}/v1/classify"
-    sent = Counter()
-    cases = corpus(shared_images)
+    cases = corpus(shared_images)[::10] + [case for case in corpus(shared_images) if case[0] == "mixed multi-image request"]
     originals = [p.read_bytes() for p in shared_images[40:50]]
 
     with SteadyLoad(url, shared_images[:20], concurrency=2, headers=AUTH) as good, httpx.Client(headers=AUTH) as client:
-        for name, upload in cases:
-            response = send(client, url, upload)
-            assert_json_answer(response, name)
-            sent[response.status_code] += 1
-            if name.startswith("valid"):
-                assert response.status_code == 200, f"{name}: {response.text}"
-            if name == "mixed multi-image request":
-                codes = [e.get("error", {}).get("code", "ok") for e in response.json()["results"]]
-                assert codes == ["ok", "unsupported_media_type", "ok", "corrupt_image", "empty_image"]
+        sent = send_cases(client, url, cases) + send_mutations(client, url, originals, SAMPLED_MUTATIONS)
 
-        @settings(max_examples=1700, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
-        @given(mutated_uploads(originals))
-        def mangled_upload_is_answered_cleanly(upload):
-            response = send(client, url, upload)
-            assert_json_answer(response, repr(upload)[:300])
-            sent[response.status_code] += 1
-
-        mangled_upload_is_answered_cleanly()
-
-    assert sum(sent.values()) >= 2000, sent
-    assert sent[200] > 100 and sum(n for status, n in sent.items() if 400 <= status < 500) > 1000, sent
+    assert sum(sent.values()) == len(cases) + SAMPLED_MUTATIONS, sent
+    assert sent[200] > 10 and sum(n for status, n in sent.items() if 400 <= status < 500) > 50, sent
     good_statuses = Counter(good.since())
     assert good_statuses[200] >= 20 and set(good_statuses) == {200}, good_statuses
     assert replica_identities() == before, "a replica restarted or was replaced"

@@ -6,9 +6,16 @@ from PIL import Image
 from torchvision.models import ResNet18_Weights
 
 from serve_app import imaging
-from serve_app.errors import CorruptImageError, EmptyImageError, ImageTooLargeError, UnsupportedMediaTypeError
+from serve_app.errors import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from serve_app.imaging import decode_image, load_image, preprocess
 from tests.images import encode, exif_rotated_jpeg, png_header_only, truncated
+
+pytestmark = pytest.mark.fast  # in process and quick: `make test-fast`
 
 LIMIT = 40_000_000
 

@@ -8,19 +8,33 @@ import json
 import pytest
 import torch
 
-from serve_app import artifacts
-from serve_app.artifacts import ARTIFACT_FILES, INT8_CHECK, MANIFEST, RECIPES, export_onnx, int8_agreement, quantize_int8
-from serve_app.backends import choose_backend
-from serve_app.calibration import calibration_batch, held_out_batch
-from serve_app.network import build_network
+from serve_app.model import artifacts
+from serve_app.model.artifacts import (
+    ARTIFACT_FILES,
+    INT8_CHECK,
+    MANIFEST,
+    RECIPES,
+    export_onnx,
+    int8_agreement,
+    quantize_int8,
+)
+from serve_app.model.backends import choose_backend
+from serve_app.model.calibration import (
+    calibration_batch,
+    held_out_batch,
+    held_out_files,
+)
+from serve_app.model.network import build_network
+from serve_app.model.standin import standin_state_dict
+from serve_app.model.weights import resolve_weights
 from serve_app.settings import ModelSettings
-from serve_app.standin import standin_state_dict
-from serve_app.weights import resolve_weights
 
 
 def test_the_standin_build_records_int8_agreement_on_held_out_photos(standin_artifacts):
     check = json.loads((standin_artifacts / MANIFEST).read_text())[INT8_CHECK]
-    assert check["images"] == 68 and check["photos"] == "68 held-out photos", "the 32 calibration photos are not used"
+    held_out = len(held_out_files())
+    assert check["images"] == held_out and check["photos"] == f"{held_out} held-out photos", \
+        "the calibration photos are not used"
     assert check["top1_agreement"] >= ModelSettings().int8_min_agreement
 
 
@@ -73,6 +87,6 @@ def test_int8_that_passes_is_served_quietly_and_the_threshold_is_a_setting(int8_
 
 
 def artifacts_choice(name: str, share: float):
-    from serve_app.backends import BackendChoice
+    from serve_app.model.backends import BackendChoice
 
     return BackendChoice(name, {"top1_agreement": share, "images": 68, "photos": "68 held-out photos"})

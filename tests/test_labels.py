@@ -1,8 +1,11 @@
 import re
 
+import pytest
 from torchvision.models import ResNet18_Weights
 
 from serve_app.labels import class_index_by_wnid, imagenet_labels
+
+pytestmark = pytest.mark.fast  # in process and quick: `make test-fast`
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 

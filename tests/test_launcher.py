@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from serve_app.launcher import failure_cause, unknown_service_variables, with_service_environment
-from benchmarks.harness import load_config
+import pytest
+
+from serve_app.launch.harness import load_config
+from serve_app.launch.launcher import (
+    failure_cause,
+    unknown_service_variables,
+    with_service_environment,
+)
+
+pytestmark = pytest.mark.fast  # in process and quick: `make test-fast`
 
 # The shape of a deployment's status message when its constructor raised (Ray 2.60): Serve's
 # summary, then the replica's traceback as Ray's task error prints it.
@@ -11,11 +19,11 @@ CONSTRUCTOR_FAILED = """The deployment failed to start 3 times in a row. This ma
 constructor or initial health check failing. See controller logs for details. Error:
 ray::ServeReplica:classifier:Classifier.initialize_and_get_metadata() (pid=4242, ip=127.0.0.1, \
 actor_id=abc, repr=<ray.serve._private.replica.ServeReplica:classifier:Classifier object at 0x7f>)
-  File "/work/main/serve_app/classifier.py", line 50, in __init__
+  File "/work/main/serve_app/model/classifier.py", line 50, in __init__
     source = weights_for(settings)
-  File "/work/main/serve_app/weights.py", line 80, in checked_file
+  File "/work/main/serve_app/model/weights.py", line 80, in checked_file
     raise WeightsError(f"weights file {path} does not exist.\\n{how_to_provide()}")
-serve_app.weights.WeightsError: weights file /models/resnet18.pth does not exist.
+serve_app.model.weights.WeightsError: weights file /models/resnet18.pth does not exist.
 Provide the official ResNet-18 IMAGENET1K_V1 weights in one of these ways:
   2. set the `weights` setting (or SERVE_APP_WEIGHTS) to the file's path, or"""
 

@@ -1,36 +1,56 @@
-"""The web page at `/`, driven in a real headless Chromium (Debian's package) against the real service.
+"""The web page at `/`, driven in a real headless Chromium (Debian's package).
 
-Each test compares what the page shows with what the API answers for the same bytes. Screenshots
-of the desktop and mobile layouts are written to docs/screenshots/ (the README shows one).
+The page is the HTTP app's own (serve_app/http/static), served by uvicorn in this process over the
+fake model handle: what the page does with answers needs no Ray, and the HTTP app is the one Serve
+runs. Each test compares what the page shows with what the API answers for the same bytes.
+Screenshots go to a temporary folder. `make screenshots` runs these tests against the real service
+(`serve run configs/cpu.yaml`, stand-in weights) and writes the README's pictures to docs/screenshots/.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import expect
 
-from benchmarks.harness import REPO, free_port, serve_run, sized_config
+from serve_app.launch.harness import REPO, free_port, serve_run, sized_config
+from tests.fakes import asgi_server, client_for
 
-pytestmark = [pytest.mark.serve, pytest.mark.browser]
+pytestmark = pytest.mark.browser
 
-SCREENSHOTS = REPO / "docs" / "screenshots"
+SCREENSHOTS_ENV_VAR = "SCREENSHOTS_DIR"  # set by `make screenshots`: the folder to write them to
 DESKTOP = {"width": 1280, "height": 900}
 MOBILE = {"width": 375, "height": 812}
 
 
 @pytest.fixture(scope="module")
 def service():
-    with serve_run(sized_config(free_port(), backend="onnx")) as base_url:
+    if os.environ.get(SCREENSHOTS_ENV_VAR):  # the README's pictures: the real service, as users see it
+        with serve_run(sized_config(free_port(), backend="onnx")) as base_url:
+            yield base_url
+        return
+    client, _, _ = client_for()
+    with asgi_server(client.app) as base_url:
         yield base_url
 
 
-@pytest.fixture(scope="module", autouse=True)
-def screenshot_folder():
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get(SCREENSHOTS_ENV_VAR) or tmp_path_factory.mktemp("screenshots"))
+    folder = folder if folder.is_absolute() else REPO / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served_by(service) -> str:
+    """How the page names the model's runtime: "<backend> on <device>", from /healthz."""
+    model = httpx.get(f"{service}/healthz").json()["model"]
+    return f"{model['backend']} on {model['device']}"
 
 
 @pytest.fixture
@@ -94,7 +114,7 @@ def drop_files(page, selector: str, paths: list[Path]) -> None:
     )
 
 
-def test_uploaded_photo_shows_the_apis_top3_as_bars(open_page, service, shared_images):
+def test_uploaded_photo_shows_the_apis_top3_as_bars(open_page, service, served_by, shared_images):
     page = open_page()
     photo = shared_images[0]
     page.set_input_files("#file-input", str(photo))
@@ -105,20 +125,20 @@ def test_uploaded_photo_shows_the_apis_top3_as_bars(open_page, service, shared_i
     widths = [row.evaluate("r => parseFloat(r.querySelector('.fill').style.width)") for row in card.locator(".prediction").all()]
     assert widths == pytest.approx([p["score"] * 100 for p in expected], abs=0.051)
     meta = card.locator(".meta").inner_text()
-    assert "resnet18" in meta and "onnx on cpu" in meta and meta.endswith(" ms")
+    assert "resnet18" in meta and served_by in meta and meta.endswith(" ms")
     assert card.get_by_role("img", name=f"Preview of {photo.name}").is_visible()
     assert page.get_by_role("status").inner_text() == "1 classified."
 
 
-def test_the_standin_banner_and_model_are_shown(open_page):
+def test_the_standin_banner_and_model_are_shown(open_page, served_by):
     page = open_page()
     banner = page.locator("#standin-banner")
     assert banner.is_visible() and "Stand-in weights" in banner.inner_text()
     footer = page.locator("#model-info").inner_text()
-    assert "resnet18" in footer and "standin" in footer and "onnx on cpu" in footer
+    assert "resnet18" in footer and "standin" in footer and served_by in footer
 
 
-def test_browser_language_picks_chinese_and_the_toggle_switches(open_page, service, shared_images):
+def test_browser_language_picks_chinese_and_the_toggle_switches(open_page, service, shared_images, screenshots):
     page = open_page(locale="zh-CN")
     assert page.locator("h1").inner_text() == "图像分类"
     photo = shared_images[5]
@@ -126,7 +146,7 @@ def test_browser_language_picks_chinese_and_the_toggle_switches(open_page, servi
     card = wait_for_cards(page, 1)[0]
     expected = api_top3(service, photo)
     assert shown_predictions(card) == [(p["label_zh"], percent(p["score"])) for p in expected]
-    page.screenshot(path=SCREENSHOTS / "page-desktop-zh.png", full_page=True)
+    page.screenshot(path=screenshots / "page-desktop-zh.png", full_page=True)
 
     page.get_by_role("button", name="English").click()
     assert page.get_by_role("button", name="English").get_attribute("aria-pressed") == "true"
@@ -147,7 +167,7 @@ def test_a_rejected_file_shows_the_apis_error_message(open_page, service, tmp_pa
     assert page.get_by_role("status").inner_text() == "0 classified, 1 rejected."
 
 
-def test_several_dropped_images_show_as_a_grid_of_results(open_page, service, shared_images):
+def test_several_dropped_images_show_as_a_grid_of_results(open_page, service, shared_images, screenshots):
     page = open_page()
     photos = shared_images[10:16]
     drop_files(page, "#drop-zone", photos)
@@ -159,7 +179,7 @@ def test_several_dropped_images_show_as_a_grid_of_results(open_page, service, sh
         assert shown_predictions(card) == [(p["label"], percent(p["score"])) for p in expected]
     columns = {round(card.bounding_box()["x"]) for card in cards}
     assert len(columns) >= 3, f"a desktop grid has several columns, got x positions {columns}"
-    page.screenshot(path=SCREENSHOTS / "page-desktop.png", full_page=True)
+    page.screenshot(path=screenshots / "page-desktop.png", full_page=True)
 
 
 def test_a_pasted_image_is_classified(open_page, service, shared_images):
@@ -261,7 +281,7 @@ def test_all_text_meets_wcag_aa_contrast(open_page, tmp_path, shared_images):
     assert not low, f"text under 4.5:1 contrast: {low}"
 
 
-def test_mobile_width_has_no_horizontal_scrolling(open_page, shared_images, tmp_path):
+def test_mobile_width_has_no_horizontal_scrolling(open_page, shared_images, tmp_path, screenshots):
     page = open_page(viewport=MOBILE)
     long_name = tmp_path / ("a_photo_with_a_very_long_file_name_that_does_not_break_anywhere_" + shared_images[3].name)
     long_name.write_bytes(shared_images[3].read_bytes())
@@ -271,7 +291,7 @@ def test_mobile_width_has_no_horizontal_scrolling(open_page, shared_images, tmp_
     for card in page.locator(".card").all():
         box = card.bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= MOBILE["width"]
-    page.screenshot(path=SCREENSHOTS / "page-mobile.png", full_page=True)
+    page.screenshot(path=screenshots / "page-mobile.png", full_page=True)
 
 
 def test_the_page_loads_nothing_from_elsewhere(open_page, service, shared_images):

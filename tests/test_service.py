@@ -1,19 +1,33 @@
 """End to end: the real `serve run configs/cpu.yaml` (sized for 2 cores), real HTTP on 127.0.0.1.
 
 Also the contract over real Ray Serve: the OpenAPI description fuzzed with schemathesis, and the
-Open Inference Protocol spoken by Triton's own client (`tritonclient[http]`).
+Open Inference Protocol spoken by Triton's own client (`tritonclient[http]`); a failed forward
+pass, which must fail only its own batch; and, beside it on the same Serve (at /decoding), the
+service with `decode_on_replica`, its JPEGs decoded on the model replica's device (the CPU here).
 """
 
 import asyncio
 from collections import Counter
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
-from benchmarks.harness import deployment, free_port, processes_named, replica_title, serve_run, sized_config
 from serve_app.imaging import load_image
-from tests.images import truncated
+from serve_app.launch.harness import (
+    beside,
+    deployment,
+    free_port,
+    healthz_ok,
+    processes_named,
+    replica_title,
+    serve_run,
+    sized_config,
+)
+from serve_app.settings import BACKENDS, FAIL_FIRST_BATCHES_ENV_VAR
+from tests.images import encode, exif_rotated_jpeg, truncated
 from tests.test_api import BAD_REQUESTS
 
 pytestmark = pytest.mark.serve
@@ -23,16 +37,56 @@ pytestmark = pytest.mark.serve
 BATCH_WAIT_S = 0.25
 
 
-def long_batch_wait(config: dict) -> None:
+DECODING = "decoding"  # the second application's name and route
+# The test-only hook (off in every shipped config) makes the model's backend fail its first forward
+# passes, as one that ran out of memory would.
+FAILING_BATCHES = 2
+
+
+def long_batch_wait_and_failing_first(config: dict) -> None:
     deployment(config, "Classifier")["user_config"]["batch_wait_timeout_s"] = BATCH_WAIT_S
+    config["applications"][0]["runtime_env"]["env_vars"][FAIL_FIRST_BATCHES_ENV_VAR] = str(FAILING_BATCHES)
+
+
+def decode_on_replica(config: dict) -> None:
+    config["applications"][0]["args"]["model"]["decode_on_replica"] = True
+
+
+@dataclass
+class Service:
+    base_url: str
+    first_answers: list[httpx.Response]  # one request at a time, from the start: the first ones failed
+    replicas_at_start: set[int]
 
 
 @pytest.fixture(scope="module")
-def service():
+def started(shared_images):
     # ONNX Runtime FP32 rather than the config's INT8, so answers can be compared with torchvision's
     # reference to 1e-4; INT8's agreement is tested in test_backends.py on the same inputs.
-    with serve_run(sized_config(free_port(), backend="onnx", edit=long_batch_wait)) as base_url:
-        yield base_url
+    port = free_port()
+    config = beside(sized_config(port, backend="onnx", edit=long_batch_wait_and_failing_first), DECODING,
+                    sized_config(port, backend="torch", edit=decode_on_replica))
+    both_ready = lambda base_url: healthz_ok(base_url) and healthz_ok(f"{base_url}/{DECODING}")  # noqa: E731
+    with serve_run(config, ready=both_ready) as base_url:
+        replicas = set(processes_named(replica_title("Classifier")))
+        with httpx.Client() as client:
+            first = [classify(base_url, path, client=client) for path in shared_images[:FAILING_BATCHES + 6]]
+        yield Service(base_url, first, replicas)
+
+
+@pytest.fixture(scope="module")
+def service(started) -> str:
+    return started.base_url
+
+
+def test_a_failed_forward_pass_fails_only_its_batch_and_no_replica_restarts(started):
+    answers = started.first_answers
+    assert [a.status_code for a in answers] == [500] * FAILING_BATCHES + [200] * 6
+    for failed in answers[:FAILING_BATCHES]:
+        assert failed.json()["error"]["code"] == "inference_failed", failed.text
+        assert "RuntimeError" in failed.json()["error"]["message"]
+    assert set(processes_named(replica_title("Classifier"))) == started.replicas_at_start, "the replica kept serving"
+    assert httpx.get(f"{started.base_url}/healthz").json()["status"] == "ok"
 
 
 def classify(base_url, path, top_k=3, client=httpx):
@@ -153,13 +207,14 @@ def test_labels_route_lists_1000_classes_in_both_languages(service):
     assert body["labels"][970] == {"index": 970, "label": "alp", "label_zh": "高山"}
 
 
-# The in-process contract's bad requests (tests/test_api.py), sent here over real Serve and HTTP.
-BAD_INPUTS = BAD_REQUESTS
+# Every bad request of the in-process contract (tests/test_api.py) gets its status and code there;
+# here one of each status crosses real Serve and its HTTP front, which must not reshape them.
+ONE_PER_STATUS = ("corrupt image", "over the upload limit", "not an image")
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_gets_a_json_4xx_and_the_service_keeps_serving(service, shared_images, case):
-    kwargs, status, code = BAD_INPUTS[case]
+@pytest.mark.parametrize("case", ONE_PER_STATUS)
+def test_bad_input_gets_a_json_4xx_over_serve_and_the_service_keeps_serving(service, shared_images, case):
+    kwargs, status, code = BAD_REQUESTS[case]
     response = httpx.post(f"{service}/v1/classify", timeout=60, **kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -211,7 +266,7 @@ def test_tritonclient_classifies_encoded_images_like_v1(service, shared_images):
 
     client = triton.InferenceServerClient(url=service.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("resnet18")
-    assert client.get_model_metadata("resnet18")["platform"] == "onnxruntime_onnx"  # the fixture's ONNX FP32
+    assert client.get_model_metadata("resnet18")["platform"] == BACKENDS["onnx"].platform  # the fixture's ONNX FP32
     photos = shared_images[40:48]
     images = triton.InferInput("images", [len(photos)], "BYTES")
     images.set_data_from_numpy(np.array([p.read_bytes() for p in photos], dtype=np.object_))  # binary, by default
@@ -267,3 +322,33 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_spec(service):
     assert replica_pids() == before, "a replica restarted during the fuzzing"
     assert httpx.get(f"{service}/healthz", timeout=10).status_code == 200
 
+
+# ---- decoding on the model replica, end to end over HTTP (CPU device here, nvJPEG on a GPU) ------
+
+
+def test_with_replica_decoding_plain_jpegs_are_decoded_there_and_answer_like_the_reference(
+    service, shared_images, standin_reference
+):
+    decoding = f"{service}/{DECODING}"
+    health = httpx.get(f"{decoding}/healthz").json()
+    assert health["replica"]["decodes_jpeg"] is True and health["model"]["backend"] == "torch"
+    photos = shared_images[::5]  # 20 photos
+    agree = 0
+    for photo in photos:
+        response = httpx.post(f"{decoding}/v1/classify", files={"file": (photo.name, photo.read_bytes())}, timeout=60)
+        assert response.status_code == 200, response.text
+        agree += response.json()["predictions"][0]["index"] == int(standin_reference(photo).argmax())
+    assert agree >= 0.9 * len(photos)
+
+    rgb = Image.open(photos[0]).convert("RGB")
+    good = photos[1].read_bytes()
+    files = [
+        ("file", ("a.png", encode(rgb, "PNG"))),  # decoded by the ingress
+        ("file", ("b.jpg", encode(rgb.convert("CMYK"), "JPEG"))),  # decoded by the ingress
+        ("file", ("c.jpg", exif_rotated_jpeg(rgb))),  # decoded by the ingress
+        ("file", ("d.jpg", good[: len(good) // 3])),  # sent as bytes, fails in the replica
+        ("file", ("e.jpg", good)),  # sent as bytes
+    ]
+    results = httpx.post(f"{decoding}/v1/classify", files=files, timeout=60).json()["results"]
+    assert [r.get("error", {}).get("code", "ok") for r in results] == ["ok", "ok", "ok", "corrupt_image", "ok"]
+    assert results[0]["predictions"][0]["index"] == results[2]["predictions"][0]["index"]

@@ -5,8 +5,17 @@ import pytest
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.settings import BACKENDS, CPU_BACKENDS, AppSettings, BatchSettings, ModelSettings, resolve_device
-from benchmarks.harness import deployment, load_config
+from serve_app.launch.harness import deployment, load_config
+from serve_app.settings import (
+    BACKENDS,
+    CPU_BACKENDS,
+    AppSettings,
+    BatchSettings,
+    ModelSettings,
+    resolve_device,
+)
+
+pytestmark = pytest.mark.fast  # in process and quick: `make test-fast`
 
 
 @pytest.mark.parametrize("name", ["cpu.yaml", "gpu.yaml"])
@@ -49,25 +58,30 @@ def test_unknown_or_out_of_range_settings_are_rejected():
 
 def test_environment_overrides_the_weights_and_artifacts_settings(monkeypatch):
     monkeypatch.setenv("SERVE_APP_WEIGHTS", "standin")
-    monkeypatch.setenv("SERVE_APP_ARTIFACTS", "/opt/serve_app/artifacts")
+    monkeypatch.setenv("SERVE_APP_ARTIFACTS", "/opt/serve_app/model/artifacts")
     model = AppSettings.from_args({"model": {"weights": "torchvision", "backend": "onnx-int8"}}).model
-    assert (model.weights, model.artifacts_dir, model.backend) == ("standin", "/opt/serve_app/artifacts", "onnx-int8")
+    assert (model.weights, model.artifacts_dir, model.backend) == ("standin", "/opt/serve_app/model/artifacts", "onnx-int8")
 
 
-def test_builder_makes_an_ingress_over_a_classifier():
+def test_builder_binds_the_ingress_over_a_classifier_with_the_validated_settings():
     from serve_app.app import build
 
-    app = build({"model": {"weights": "standin"}})
-    assert type(app).__name__ == "Application"
+    args = {"model": {"weights": "standin", "backend": "onnx"}, "ingress": {"max_image_pixels": 1000}}
+    ingress = build(args)._bound_deployment
+    classifier, settings = ingress.init_args
+    assert ingress.name == "Ingress" and classifier._bound_deployment.name == "Classifier"
+    assert settings == AppSettings.from_args(args)
+    assert classifier._bound_deployment.init_args == (settings.model, settings.ingress.decode_limits), \
+        "the replicas decode within the ingress's limits"
 
 
 def test_ingress_side_never_imports_torch():
-    code = "import sys, serve_app.app, serve_app.ingress; sys.exit('torch' in sys.modules)"
+    code = "import sys, serve_app.app, serve_app.http.ingress; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_every_backend_named_in_settings_has_a_class_and_auto_picks_by_device():
-    from serve_app.backends import REGISTRY, backend_class
+    from serve_app.model.backends import REGISTRY, backend_class
 
     assert REGISTRY.keys() == BACKENDS.keys() and set(CPU_BACKENDS) < BACKENDS.keys()
     auto = ModelSettings(backend="auto")

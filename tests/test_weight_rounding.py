@@ -1,4 +1,4 @@
-"""GPTQ rounding of int8 convolution weights (serve_app.weight_rounding), through its public functions
+"""GPTQ rounding of int8 convolution weights (serve_app.model.weight_rounding), through its public functions
 and through quantize_int8, as the service's export runs it."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from benchmarks.harness import SHARED_IMAGES
-from serve_app.artifacts import RECIPES, export_onnx, quantize_int8
-from serve_app.weight_rounding import INT8_MAX, INT8_MIN, gptq_round
+from serve_app.imaging import image_files
+from serve_app.model.artifacts import RECIPES, export_onnx, quantize_int8
+from serve_app.model.weight_rounding import INT8_MAX, INT8_MIN, gptq_round
+from serve_app.settings import SHARED_IMAGES
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,7 +71,7 @@ def quantized(tmp_path_factory) -> dict:
     from PIL import Image
 
     photos = np.stack([np.asarray(Image.open(path).convert("RGB").resize((64, 64)))
-                       for path in sorted(SHARED_IMAGES.glob("*.JPEG"))[:16]])
+                       for path in image_files(SHARED_IMAGES)[:16]])
     folder = tmp_path_factory.mktemp("rounding")
     fp32 = folder / "fp32.onnx"
     export_onnx(small_classifier(), fp32, example_size=64)

@@ -38,7 +38,7 @@ class EagerModel:
         if threads():
             torch.set_num_threads(threads())
         if weights_spec() == "standin":
-            from serve_app.standin import standin_state_dict
+            from serve_app.model.standin import standin_state_dict
 
             self.network = resnet18()
             self.network.load_state_dict(standin_state_dict())
@@ -56,9 +56,9 @@ class EagerModel:
 
 class Int8Model:
     def __init__(self):
-        from serve_app.backends import load_backend
+        from serve_app.model.backends import load_backend
+        from serve_app.model.weights import resolve_weights
         from serve_app.settings import ModelSettings
-        from serve_app.weights import resolve_weights
 
         settings = ModelSettings(weights=weights_spec(), backend="onnx-int8", device="cpu")
         self.backend = load_backend(settings, resolve_weights(settings.weights), threads() or os.cpu_count() or 1)

