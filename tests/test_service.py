@@ -20,7 +20,6 @@ from serve_app.launch.harness import (
     beside,
     deployment,
     free_port,
-    healthz_ok,
     processes_named,
     replica_title,
     serve_run,
@@ -35,7 +34,6 @@ pytestmark = pytest.mark.serve
 
 # Long enough that a request held for it would show in its latency, short enough for the tests.
 BATCH_WAIT_S = 0.25
-
 
 DECODING = "decoding"  # the second application's name and route
 # The test-only hook (off in every shipped config) makes the model's backend fail its first forward
@@ -66,8 +64,7 @@ def started(shared_images):
     port = free_port()
     config = beside(sized_config(port, backend="onnx", edit=long_batch_wait_and_failing_first), DECODING,
                     sized_config(port, backend="torch", edit=decode_on_replica))
-    both_ready = lambda base_url: healthz_ok(base_url) and healthz_ok(f"{base_url}/{DECODING}")  # noqa: E731
-    with serve_run(config, ready=both_ready) as base_url:
+    with serve_run(config) as base_url:
         replicas = set(processes_named(replica_title("Classifier")))
         with httpx.Client() as client:
             first = [classify(base_url, path, client=client) for path in shared_images[:FAILING_BATCHES + 6]]

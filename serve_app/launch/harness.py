@@ -109,15 +109,21 @@ def healthz_ok(base_url: str) -> bool:
     return httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200
 
 
+def every_application_healthy(config: dict[str, Any]) -> Callable[[str], bool]:
+    prefixes = [app.get("route_prefix", "/").rstrip("/") for app in config["applications"]]
+    return lambda base_url: all(healthz_ok(base_url + prefix) for prefix in prefixes)
+
+
 @contextmanager
 def serve_run(
     config: dict[str, Any],
     startup_timeout_s: float = 240.0,
-    ready: Callable[[str], bool] = healthz_ok,
+    ready: Callable[[str], bool] | None = None,
     env: dict[str, str] | None = None,
     source: Path = REPO,
 ) -> Iterator[str]:
-    """Start `serve run` on `config` in its own session; yield the base URL once ready. `source` is
+    """Start `serve run` on `config` in its own session; yield the base URL once ready (by default: once
+    every application of the config answers /healthz under its route prefix). `source` is
     the checkout whose serve_app runs (another one is put first on every Ray process's path)."""
     workdir = Path(tempfile.mkdtemp(prefix="serve-app-test-"))
     config_path = workdir / "config.yaml"
@@ -127,7 +133,8 @@ def serve_run(
     if source != REPO:
         env["PYTHONPATH"] = str(source)
     with running([str(serve_cli), "run", str(config_path)], workdir / "serve.log", env, cwd=source) as process:
-        wait_ready(f"http://127.0.0.1:{config['http_options']['port']}", process, startup_timeout_s, ready)
+        wait_ready(f"http://127.0.0.1:{config['http_options']['port']}", process, startup_timeout_s,
+                   ready or every_application_healthy(config))
         yield f"http://127.0.0.1:{config['http_options']['port']}"
 
 

@@ -129,21 +129,20 @@ class Classifier:
         rows: list[np.ndarray | ServiceError | None] = [
             image if isinstance(image, ServiceError) else None for image in images
         ]
-        chunk = self._batch.max_batch_size
-        pixel_places = [at for at, image in enumerate(images) if isinstance(image, np.ndarray)]
-        for places in _chunks(pixel_places, chunk):
-            probabilities = await self._probabilities(np.stack([images[at] for at in places]))
-            for at, row in zip(places, probabilities):
-                rows[at] = row
-        jpeg_places = [at for at, image in enumerate(images) if isinstance(image, bytes)]
-        for places in _chunks(jpeg_places, chunk):
-            for at, row in zip(places, await self._decoded_probabilities([images[at] for at in places])):
-                rows[at] = row
+        for kind, probabilities_of in ((np.ndarray, self._pixel_probabilities), (bytes, self._decoded_probabilities)):
+            places = [at for at, image in enumerate(images) if isinstance(image, kind)]
+            for chunk in _chunks(places, self._batch.max_batch_size):
+                for at, row in zip(chunk, await probabilities_of([images[at] for at in chunk])):
+                    rows[at] = row
         answers, start = [], 0
         for request in requests:
             answers.append(top_k_rows(rows[start : start + len(request)], request.k))
             start += len(request)
         return answers
+
+    async def _pixel_probabilities(self, pixels: list[np.ndarray]) -> np.ndarray:
+        """Images the ingress decoded, as one batch: each one's probabilities."""
+        return await self._probabilities(np.stack(pixels))
 
     async def _decoded_probabilities(self, encoded: list[bytes]) -> list[np.ndarray | ServiceError]:
         """JPEGs decoded here, on the backend's device, as one batch: each one's probabilities or error."""
