@@ -1,23 +1,25 @@
-"""The service's cost model: CPU time per request in each process, and how much of it is inference.
+"""The cost model: CPU time per request in each process, and how much of it is inference, for
+ours and for LitServe and gunicorn Flask on the same model, or on the null model (no inference).
 
-    python -m benchmarks.cpu_share                       # ~3 minutes on 2 cores
-    python -m benchmarks.cpu_share --before 0d9f8dc      # an earlier commit too, side by side
-    python -m benchmarks.cpu_share --before 0d9f8dc --repeat 3 --no-python-proxy   # medians of 3 rounds
-    python -m benchmarks.cpu_share --before 0d9f8dc --images-per-request 8   # -> cpu_share_8_images.*
+    python -m benchmarks.cpu_share                              # ~6 minutes on 2 cores
+    python -m benchmarks.cpu_share --variants ours-null,litserve-null --repeat 3   # medians of 3 rounds
+    python -m benchmarks.cpu_share --before fa6dfa0             # ours at an earlier commit too
+    python -m benchmarks.cpu_share --variants ours --images-per-request 8   # -> cpu_share_8_images.*
 
-Serves ours sized for 2 cores (as in benchmarks/compare.py) and sends single-image requests (or
---images-per-request) at concurrency 32. Every process's user+system CPU time is read from /proc before and after the
-measured window and divided by the requests answered. Inference is measured apart: the model
-replica reports how many forward passes of each batch size it ran in the window, and the same
-backend, with the replica's thread count, runs those batches again in this process afterwards;
-their CPU time is the inference share. The rest of the service's CPU (every process but the load
-generator) is what the request path costs beside inference.
-
-Variants: `now` (this checkout, HAProxy in front: what `python -m serve_app serve` runs), `now,
-Python proxy` (RAY_SERVE_ENABLE_HA_PROXY=0) and, with --before, that commit checked out into a
-temporary worktree and served the same way (with that commit's own configs/cpu.yaml). Runs of 20 s
-on 2 shared cores vary by 10-15%, so --repeat runs the variants in turn that many rounds and
-reports each figure's median. Writes benchmarks/results/cpu_share.{md,png,json}.
+Each variant is a system of benchmarks/compare.py, started the same way and sized for 2 cores:
+`ours` (the INT8 model, `make serve`'s stack), `ours-null` (the null model: everything as served
+but the forward pass), `litserve-int8`, `litserve-null`, `flask-int8`, `flask-null`. Single-image
+requests (or --images-per-request) go at concurrency 32; every process's user+system CPU time is
+read from /proc before and after the measured window and divided by the requests answered, by
+the role the process plays. For `ours`, inference is measured apart: the model replica reports
+how many forward passes of each batch size it ran in the window, and the same backend, with the
+replica's thread count, runs those batches again in this process afterwards; the rest of the
+service's CPU is what the request path costs beside inference. With the null model there is no
+inference, so all of a null variant's CPU is its serving path's. The result cache is off (the
+photos repeat). With --before, that commit is checked out into a temporary worktree and served
+as `ours` (its own configs/cpu.yaml and launcher). Runs of 20 s on 2 shared cores vary by
+10-15%, so --repeat runs the variants in turn that many rounds and reports each figure's median.
+Writes benchmarks/results/cpu_share.{md,png,json}.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Iterator
 import httpx
 import numpy as np
 
-from benchmarks.compare import sized_for_two_cores
+from benchmarks import compare
 from benchmarks.load import load_photos, sweep
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
 from serve_app.launch.harness import (
@@ -54,7 +56,9 @@ from serve_app.settings import SHARED_IMAGES
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = 32
 BACKEND = "onnx-int8"
-# Process titles Ray sets (ray::<actor>) and the names of its binaries, grouped by the role they play.
+VARIANTS = ("ours-null", "litserve-null", "flask-null", "ours", "litserve-int8", "flask-int8")
+# Process titles Ray sets (ray::<actor>), the names of binaries and scripts, grouped by the role
+# they play; the first that matches names the role.
 ROLES = [
     ("model replica", replica_title("Classifier")),
     ("ingress replica", replica_title("Ingress")),
@@ -62,8 +66,12 @@ ROLES = [
     ("Python HTTP proxy", "ray::ProxyActor"),
     ("raylet", "raylet"),
     ("GCS", "gcs_server"),
+    ("LitServe inference workers", "multiprocessing"),  # LitServe's spawned worker processes
+    ("LitServe server (uvicorn)", "litserve_app"),
+    ("gunicorn Flask workers", "gunicorn"),
 ]
-SERVICE_ROLES = [name for name, _ in ROLES] + ["Ray's other processes"]
+OTHER = "other processes (Ray's own, where Ray runs)"
+SERVICE_ROLES = [name for name, _ in ROLES] + [OTHER]
 LOAD_GENERATOR = "load generator"
 
 
@@ -77,7 +85,7 @@ def role(pid: int, command: str) -> str:
     for name, marker in ROLES:
         if marker in command:
             return name
-    return "Ray's other processes"
+    return OTHER
 
 
 def batch_counts(base_url: str) -> tuple[Counter[int], int]:
@@ -86,16 +94,24 @@ def batch_counts(base_url: str) -> tuple[Counter[int], int]:
     return Counter({int(size): n for size, n in replica["batching"]["batch_sizes"].items()}), replica["threads"]
 
 
-def measure(weights: str, seconds: float, photos, env: dict[str, str], source: Path, images: int = 1) -> dict:
-    config = sized_config(free_port(), weights=weights, backend=BACKEND, edit=sized_for_two_cores, source=source)
-    with serve_run(config, env=env, source=source) as base:
-        url = base + "/v1/classify"
+@contextmanager
+def ours_at(source: Path, weights: str) -> Iterator[str]:
+    """Ours as `make serve` runs it, from another checkout (--before)."""
+    config = sized_config(free_port(), weights=weights, backend=BACKEND, edit=compare.sized_for_two_cores, source=source)
+    with serve_run(config, env=RAY_ENV, source=source, launcher=True) as base:
+        yield base + "/v1/classify"
+
+
+def measure(system, weights: str, seconds: float, photos, images: int = 1, counts_batches: bool = False) -> dict:
+    """CPU ms per request by role while `system` (a compare.SYSTEMS entry) answers at concurrency 32."""
+    with system(weights) as url:
+        base = url.rsplit("/v1/", 1)[0]
         sweep(url, [CONCURRENCY], photos, seconds=5, label="warm-up", images_per_request=images)
-        batches_before, threads = batch_counts(base)
+        batches_before, threads = batch_counts(base) if counts_batches else (Counter(), 0)
         before = cpu_ticks_by_process()
         [result] = sweep(url, [CONCURRENCY], photos, seconds=seconds, label="measured", images_per_request=images)
         after = cpu_ticks_by_process()
-        batches = batch_counts(base)[0] - batches_before
+        batches = (batch_counts(base)[0] - batches_before) if counts_batches else Counter()
     ticks = Counter()
     for pid, (end, command) in after.items():
         ticks[role(pid, command)] += end - before.get(pid, (0, ""))[0]
@@ -155,7 +171,7 @@ def median_of(rounds: list[dict]) -> dict:
     roles = {name for measured in rounds for name in measured["ms_per_request"]}
     return {
         "rounds": len(rounds),
-        **{key: float(np.median([m[key] for m in rounds]))
+        **{key: float(np.median([m[key] for m in rounds])) if rounds[0][key] is not None else None
            for key in ("req_s", "errors", "inference_ms", "service_ms", "non_inference_ms")},
         "ms_per_request": {name: float(np.median([m["ms_per_request"].get(name, 0.0) for m in rounds])) for name in roles},
         "batches": {str(size): n for size, n in sorted(batches.items())},
@@ -164,26 +180,32 @@ def median_of(rounds: list[dict]) -> dict:
 
 def run_variants(args, photos) -> dict[str, dict]:
     with ExitStack() as stack:
-        sources = {}
+        systems = {}
         if args.before:
-            sources[f"before ({args.before})"] = (stack.enter_context(checkout(args.before)), RAY_ENV)
-        sources["now"] = (REPO, RAY_ENV)
-        if not args.no_python_proxy:
-            sources["now, Python proxy"] = (REPO, {**RAY_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "0"})
-        rounds: dict[str, list[dict]] = {name: [] for name in sources}
+            source = stack.enter_context(checkout(args.before))
+            systems[f"ours before ({args.before})"] = lambda weights, source=source: ours_at(source, weights)
+        systems.update({name: compare.SYSTEMS[name] for name in args.variants.split(",")})
+        rounds: dict[str, list[dict]] = {name: [] for name in systems}
         for _ in range(args.repeat):
-            for name, (source, env) in sources.items():
-                measured = measure(args.weights, args.seconds, photos, env, source, args.images_per_request)
-                rounds[name].append(with_inference(args, measured, photos))
+            for name, system in systems.items():
+                replayed = name == "ours" or name.startswith("ours before")
+                measured = measure(system, args.weights, args.seconds, photos, args.images_per_request, replayed)
+                rounds[name].append(with_inference(args, measured, photos, inference=(
+                    "replayed" if replayed else "none" if name in compare.NULL_SYSTEMS else "not measured")))
     return {name: median_of(measured) for name, measured in rounds.items()}
 
 
-def with_inference(args, measured: dict, photos) -> dict:
-    """`measured` with its inference share (replayed here, after the service stopped) and the rest."""
-    measured["inference_ms"] = inference_ms(
-        args.weights, measured["threads"], measured["batches"], measured["answered"], photos)
+def with_inference(args, measured: dict, photos, inference: str) -> dict:
+    """`measured` with its inference share and the rest: replayed here for ours, after the service
+    stopped; none for the null model; not measured for the peers on the real model (None)."""
     measured["service_ms"] = sum(ms for name, ms in measured["ms_per_request"].items() if name != LOAD_GENERATOR)
-    measured["non_inference_ms"] = measured["service_ms"] - measured["inference_ms"]
+    if inference == "replayed":
+        measured["inference_ms"] = inference_ms(
+            args.weights, measured["threads"], measured["batches"], measured["answered"], photos)
+    else:
+        measured["inference_ms"] = 0.0 if inference == "none" else None
+    known = measured["inference_ms"] is not None
+    measured["non_inference_ms"] = measured["service_ms"] - measured["inference_ms"] if known else None
     return measured
 
 
@@ -195,7 +217,10 @@ def plot(variants: dict[str, dict], path: Path, what: str) -> None:
 
     figure, axis = plt.subplots(figsize=(9, 0.7 * len(variants) + 2))
     for row, (name, m) in enumerate(variants.items()):
-        parts = [("inference", m["inference_ms"]), ("the request path (all else in the service)", m["non_inference_ms"]),
+        split = m["inference_ms"] is not None
+        parts = [("inference", m["inference_ms"] or 0.0),
+                 ("the serving path (all else in the service)", m["non_inference_ms"] if split else 0.0),
+                 ("the service, inference not measured apart", 0.0 if split else m["service_ms"]),
                  (LOAD_GENERATOR, m["ms_per_request"].get(LOAD_GENERATOR, 0.0))]
         left = 0.0
         for index, (label, width) in enumerate(parts):
@@ -216,17 +241,17 @@ def write_results(variants: dict[str, dict], seconds: float, command: str, image
     stem = "cpu_share" if images == 1 else f"cpu_share_{images}_images"
     roles = [r for r in SERVICE_ROLES if any(r in m["ms_per_request"] for m in variants.values())]
 
-    def ms(value: float) -> str:
-        return f"{value:.2f}"
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
 
-    rows = [[name, *(ms(m["ms_per_request"].get(name, 0)) for m in variants.values())] for name in roles]
+    rows = [[name, *(ms(m["ms_per_request"].get(name)) for m in variants.values())] for name in roles]
     rows += [
         ["**the service, in all**", *(f"**{ms(m['service_ms'])}**" for m in variants.values())],
-        ["of which inference (forward passes, replayed)", *(ms(m["inference_ms"]) for m in variants.values())],
-        ["**of which the request path**", *(f"**{ms(m['non_inference_ms'])}**" for m in variants.values())],
-        [LOAD_GENERATOR, *(ms(m["ms_per_request"].get(LOAD_GENERATOR, 0)) for m in variants.values())],
-        ["req/s (errors)", *(f"{m['req_s']:.1f} ({m['errors']})" for m in variants.values())],
-        ["forward passes by batch size", *(", ".join(f"{s}: {n}" for s, n in m["batches"].items())
+        ["of which inference (ours: forward passes replayed; null: none)", *(ms(m["inference_ms"]) for m in variants.values())],
+        ["**of which the serving path**", *(f"**{ms(m['non_inference_ms'])}**" for m in variants.values())],
+        [LOAD_GENERATOR, *(ms(m["ms_per_request"].get(LOAD_GENERATOR)) for m in variants.values())],
+        ["req/s (errors)", *(f"{m['req_s']:.1f} ({m['errors']:.0f})" for m in variants.values())],
+        ["forward passes by batch size", *(", ".join(f"{s}: {n}" for s, n in m["batches"].items()) or "-"
                                            for m in variants.values())],
     ]
     lines = [
@@ -234,26 +259,23 @@ def write_results(variants: dict[str, dict], seconds: float, command: str, image
         "",
         f"- Machine: {machine_line()}",
         f"- Command: `{command}`",
-        f"- Ours sized for 2 cores (one Ingress, one Classifier replica, `{BACKEND}`), {seconds:g} s measured after "
-        f"a 5 s warm-up, {next(iter(variants.values()))['rounds']} round(s) of every variant in turn, medians; each process's user+system CPU time from /proc, divided by the requests answered. "
-        "Inference: the replica's forward passes in the window, replayed in the benchmark process with the "
-        "replica's threads.",
+        f"- Every system sized for 2 cores as in benchmarks/compare.py (ours: one Ingress and one Classifier "
+        f"replica, `make serve`'s stack; `-null`: the null model, no inference), {seconds:g} s measured after a 5 s "
+        f"warm-up, {next(iter(variants.values()))['rounds']} round(s) of every variant in turn, medians; each "
+        "process's user+system CPU time from /proc, divided by the requests answered. Inference (ours): the "
+        "replica's forward passes in the window, replayed in the benchmark process with the replica's threads. "
+        "`-` where a role has no process, or where inference was not measured apart. Result cache off.",
         "",
         markdown_table(["process", *variants], rows),
         "",
     ]
-    before = next((m for name, m in variants.items() if name.startswith("before")), None)
-    if before:
-        now = variants["now"]
-        share = now["non_inference_ms"] / before["non_inference_ms"]
-        speed = now["req_s"] / before["req_s"]
-        lines += [
-            "| target | measured | met |",
-            "|---|---|---|",
-            f"| request-path CPU per request, now / before, at most 0.5 | {share:.2f} | {'yes' if share <= 0.5 else '**no**'} |",
-            f"| req/s at concurrency {CONCURRENCY}, now / before, at least 1.0 | {speed:.2f} | {'yes' if speed >= 1.0 else '**no**'} |",
-            "",
-        ]
+    pairs = [(name, peer) for name, peer in (("ours-null", "litserve-null"), ("ours-null", "flask-null"))
+             if name in variants and peer in variants]
+    if pairs:
+        lines += ["| serving path, CPU ms per request | ours | peer | ours / peer |", "|---|---|---|---|"]
+        lines += [f"| {name} against {peer} | {variants[name]['service_ms']:.2f} | {variants[peer]['service_ms']:.2f} "
+                  f"| {variants[name]['service_ms'] / variants[peer]['service_ms']:.2f}x |" for name, peer in pairs]
+        lines += [""]
     lines += [f"![cpu share]({stem}.png)", ""]
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(variants, RESULTS / f"{stem}.png", what)
@@ -267,8 +289,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--weights", default="standin")
-    parser.add_argument("--before", default=None, help="a git commit to measure beside this checkout")
-    parser.add_argument("--no-python-proxy", action="store_true", help="skip the Python-proxy variant")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated systems of benchmarks/compare.py")
+    parser.add_argument("--before", default=None, help="a git commit to measure as ours beside this checkout")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of all variants; medians are reported")
     parser.add_argument("--images-per-request", type=int, default=1)
     args = parser.parse_args()

@@ -16,12 +16,12 @@ class Disagrees(SystemExit):
     """A path whose answers differ from the FP32 reference: it is not timed, nothing is written."""
 
 
-def check_agreement(label: str, answers, reference, minimum: float) -> float:
+def check_agreement(label: str, answers, reference, minimum: float, reference_name: str = "eager FP32") -> float:
     """The share of `answers` (top-1 indices or labels) equal to the reference's; Disagrees under `minimum`."""
     agreement = sum(a == r for a, r in zip(answers, reference, strict=True)) / len(reference)
-    print(f"{label}: top-1 agreement with eager FP32 {agreement:.1%} on {len(reference)} photos", flush=True)
+    print(f"{label}: top-1 agreement with {reference_name} {agreement:.1%} on {len(reference)} photos", flush=True)
     if agreement < minimum:
-        raise Disagrees(f"{label} agrees with eager FP32 on {agreement:.1%} of top-1 answers "
+        raise Disagrees(f"{label} agrees with {reference_name} on {agreement:.1%} of top-1 answers "
                         f"(at least {minimum:.0%} needed): not timed, nothing written")
     return agreement
 

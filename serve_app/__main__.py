@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, default=Path("configs/cpu.yaml"))
     run.add_argument("--as-written", action="store_true",
                      help="keep the config's CPU shares and replica limits, even where this machine cannot hold them")
+    run.add_argument("--dashboard", action="store_true",
+                     help="start Ray's dashboard (http://127.0.0.1:8265) and keep Ray's default intervals")
     deployer = commands.add_parser("deploy", help="deploy a config to a running Ray cluster and watch it start")
     deployer.add_argument("config", type=Path)
     deployer.add_argument("--address", default="auto", help="the cluster's GCS address (default: auto)")
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from serve_app.launch.launcher import serve_locally
 
-        return serve_locally(args.config, fit=not args.as_written)
+        return serve_locally(args.config, fit=not args.as_written, dashboard=args.dashboard)
     if args.command == "deploy":
         from serve_app.launch.launcher import deploy_to_cluster
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 # Environment variables: the weights and artifacts ones override the config (a container image
 # says where its baked-in files are), the API keys replace the config's list (a secret store hands
@@ -27,9 +27,11 @@ CACHE_ENV_VAR = "SERVE_APP_CACHE"
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 # Test only: model backends fail their first N forward passes (serve_app/model/backends FailingFirst).
 FAIL_FIRST_BATCHES_ENV_VAR = "SERVE_APP_TEST_FAIL_FIRST_BATCHES"
+# Measurement only: `backend: null` is refused unless this is "1" (benchmarks and tests set it).
+ALLOW_NULL_MODEL_ENV_VAR = "SERVE_APP_ALLOW_NULL_MODEL"
 # Every variable the service reads, and those whose values are secrets (never printed).
 SERVICE_ENV_VARS = (WEIGHTS_ENV_VAR, ARTIFACTS_ENV_VAR, API_KEYS_ENV_VAR, CALIBRATION_ENV_VAR, CACHE_ENV_VAR,
-                    FAIL_FIRST_BATCHES_ENV_VAR)
+                    FAIL_FIRST_BATCHES_ENV_VAR, ALLOW_NULL_MODEL_ENV_VAR)
 SECRET_ENV_VARS = (API_KEYS_ENV_VAR,)
 
 
@@ -40,6 +42,7 @@ class BackendSpec:
     platform: str  # the Open Inference Protocol's name for what runs the model (GET /v2/models/...)
     artifact: str | None = None  # the file `python -m serve_app export` builds for it; None: loads the weights
     gpu_only: bool = False
+    measurement_only: bool = False  # no real answers: refused unless ALLOW_NULL_MODEL_ENV_VAR is set
 
 
 # Every backend, by name (serve_app/model/backends registers a class for each).
@@ -50,8 +53,11 @@ BACKENDS = {
     "onnx-int8": BackendSpec("ONNX Runtime, static INT8", "onnxruntime_onnx", "resnet18-int8.onnx"),
     "cuda-graphs": BackendSpec("GPU only: half precision, channels-last, CUDA Graphs per batch size",
                                "pytorch_torch", gpu_only=True),
+    "null": BackendSpec("measurement only: no inference, the same fixed logits for every image, so the serving "
+                        f"path can be timed without the model (refused unless {ALLOW_NULL_MODEL_ENV_VAR}=1)",
+                        "null_no_inference", measurement_only=True),
 }
-CPU_BACKENDS = tuple(name for name, spec in BACKENDS.items() if not spec.gpu_only)
+CPU_BACKENDS = tuple(name for name, spec in BACKENDS.items() if not spec.gpu_only and not spec.measurement_only)
 # What `backend: auto` runs, by device: the fastest in benchmarks/results/backends.md on CPU.
 AUTO_BACKENDS = {"cpu": "onnx-int8", "cuda": "cuda-graphs", "mps": "torch"}
 
@@ -166,6 +172,17 @@ class ModelSettings(_Strict):
             "headers; other images, and any nvJPEG refuses, take the CPU path."
         ),
     )
+
+    @model_validator(mode="after")
+    def _null_model_only_when_asked(self) -> "ModelSettings":
+        if self.backend in BACKENDS and BACKENDS[self.backend].measurement_only \
+                and environment(ALLOW_NULL_MODEL_ENV_VAR) != "1":
+            classifying = ", ".join(["auto", *(name for name, spec in BACKENDS.items() if not spec.measurement_only)])
+            raise ValueError(
+                f"backend {self.backend!r} runs no model and answers the same fixed classes for every image: it "
+                f"exists to measure the serving path alone. Set {ALLOW_NULL_MODEL_ENV_VAR}=1 where a benchmark or "
+                f"test asks for it; to classify, use one of {classifying}")
+        return self
 
     def resolved_backend(self, device: str | None = None) -> str:
         """The backend to run, with `auto` resolved for the configured device, or where that is `auto`

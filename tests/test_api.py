@@ -463,3 +463,13 @@ def test_openapi_says_which_routes_need_a_key_only_when_keys_are_configured():
         described = spec["paths"][endpoint.path][endpoint.method.lower()]
         assert ("401" in described["responses"]) == (not endpoint.open), endpoint
         assert ("security" in described) == (not endpoint.open), endpoint
+
+
+def test_an_answer_from_the_null_model_says_so_loudly():
+    from serve_app.http.presentation import NULL_MODEL_NOTICE, STANDIN_NOTICE, public_model_info
+    from tests.fakes import MODEL_INFO
+
+    null = public_model_info({**MODEL_INFO, "backend": "null"})
+    assert null["null_model"] is True and null["notice"] == f"{NULL_MODEL_NOTICE} {STANDIN_NOTICE}"
+    served = public_model_info({**MODEL_INFO, "backend": "onnx-int8"})
+    assert "null_model" not in served and served["notice"] == STANDIN_NOTICE

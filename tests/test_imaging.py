@@ -3,6 +3,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from torchvision import transforms
 from torchvision.models import ResNet18_Weights
 
 from serve_app import imaging
@@ -124,3 +125,12 @@ def test_declared_dimensions_over_the_pixel_limit_are_refused_before_decoding():
 def test_pixel_limit_is_configurable(shared_images):
     with pytest.raises(ImageTooLargeError):
         load_image(shared_images[0].read_bytes(), max_pixels=1000)
+
+
+@pytest.mark.parametrize("size", [(256, 256), (256, 400), (300, 256), (100, 60), (225, 999), (1000, 240), (511, 383)])
+def test_crop_equals_torchvision_geometry_bit_for_bit_at_any_size(shared_images, size):
+    """Up- and downscaling, either side already 256, odd sizes: the same uint8 pixels as torchvision's
+    Resize(256) and CenterCrop(224) on the same PIL image."""
+    reference = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
+    photo = Image.open(shared_images[7]).convert("RGB").resize(size)
+    np.testing.assert_array_equal(preprocess(photo), np.asarray(reference(photo)))

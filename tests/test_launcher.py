@@ -6,7 +6,10 @@ import pytest
 
 from serve_app.launch.harness import load_config
 from serve_app.launch.launcher import (
+    LEAN_RAY_ENV,
+    RAY_ENV,
     failure_cause,
+    local_ray_env,
     unknown_service_variables,
     with_service_environment,
 )
@@ -56,3 +59,11 @@ def test_the_deploying_shells_overrides_travel_in_every_applications_runtime_env
 def test_nothing_set_here_sends_the_config_as_written():
     config = load_config("cpu.yaml")
     assert with_service_environment(config, {"HOME": "/root"}) == (config, "")
+
+
+def test_a_local_run_is_lean_unless_the_dashboard_is_asked_for():
+    lean, full = local_ray_env(dashboard=False), local_ray_env(dashboard=True)
+    assert set(LEAN_RAY_ENV.items()) <= set(lean.items()) and set(RAY_ENV.items()) <= set(lean.items())
+    assert not set(LEAN_RAY_ENV) & set(full), "--dashboard keeps Ray's own defaults"
+    assert set(RAY_ENV.items()) <= set(full.items()), "the throughput settings stay either way"
+    assert lean["RAY_USAGE_STATS_ENABLED"] == "0" and lean["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "1"

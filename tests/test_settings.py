@@ -1,5 +1,8 @@
+import os
 import subprocess
 import sys
+
+import yaml
 
 import pytest
 from pydantic import ValidationError
@@ -7,6 +10,8 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.launch.harness import deployment, load_config
 from serve_app.settings import (
+    ALLOW_NULL_MODEL_ENV_VAR,
+    AUTO_BACKENDS,
     BACKENDS,
     CPU_BACKENDS,
     AppSettings,
@@ -97,3 +102,32 @@ def test_auto_device_is_cuda_only_with_a_gpu_and_never_mps():
     import torch
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_the_null_model_is_refused_unless_a_measurement_asks_for_it(monkeypatch):
+    monkeypatch.delenv(ALLOW_NULL_MODEL_ENV_VAR, raising=False)
+    with pytest.raises(ValidationError, match=f"measure the serving path alone. Set {ALLOW_NULL_MODEL_ENV_VAR}=1"):
+        ModelSettings(backend="null")
+    monkeypatch.setenv(ALLOW_NULL_MODEL_ENV_VAR, "yes")
+    with pytest.raises(ValidationError):
+        ModelSettings(backend="null")
+    monkeypatch.setenv(ALLOW_NULL_MODEL_ENV_VAR, "1")
+    assert ModelSettings(backend="null").resolved_backend("cpu") == "null"
+
+
+def test_no_device_and_no_cpu_backend_list_picks_the_null_model():
+    assert "null" not in CPU_BACKENDS and "null" not in AUTO_BACKENDS.values()
+    assert [name for name, spec in BACKENDS.items() if spec.measurement_only] == ["null"]
+
+
+def test_serving_a_null_model_config_without_the_switch_stops_at_once_saying_why(tmp_path):
+    config = load_config("cpu.yaml")
+    config["applications"][0]["args"]["model"]["backend"] = "null"
+    path = tmp_path / "null.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != ALLOW_NULL_MODEL_ENV_VAR}
+    run = subprocess.run([sys.executable, "-m", "serve_app", "serve", "--config", str(path)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert f"{path}: its args are not valid settings" in run.stderr and ALLOW_NULL_MODEL_ENV_VAR in run.stderr
+    assert "Traceback" not in run.stderr and "starting a local Ray" not in run.stdout

@@ -4,8 +4,10 @@ the same weights as the service.
 BASELINE_BACKEND picks the model: `torch` (default) is the eager torchvision model with its own
 `weights.transforms()`, as tutorials write it; `onnx-int8` is the very INT8 model ours serves
 (serve_app's ONNX Runtime backend and artifact), fed by the same torchvision resize and crop, so a
-comparison with it measures the serving design alone. BASELINE_THREADS sets the threads per
-process (default: the library's own).
+comparison with it measures the serving design alone; `null` decodes and preprocesses the same way,
+then answers the fixed logits of serve_app's null backend without running a model, so a comparison
+with it measures everything but the model. BASELINE_THREADS sets the threads per process (default:
+the library's own).
 """
 
 from __future__ import annotations
@@ -70,8 +72,24 @@ class Int8Model:
         return torch.from_numpy(self.backend.infer(np.stack(images)))
 
 
-def load_model() -> EagerModel | Int8Model:
-    return Int8Model() if os.environ.get("BASELINE_BACKEND") == "onnx-int8" else EagerModel()
+class NullModel(Int8Model):
+    """Measurement only: decodes and preprocesses as Int8Model does, then answers serve_app's null
+    backend's fixed logits (serve_app/model/backends/null.py) without running a model."""
+
+    def __init__(self):
+        from serve_app.model.backends.null import NULL_LOGITS
+
+        self.null_logits = torch.from_numpy(NULL_LOGITS)
+
+    def logits(self, images: list) -> torch.Tensor:
+        return self.null_logits.expand(len(images), -1)
+
+
+MODELS = {"torch": EagerModel, "onnx-int8": Int8Model, "null": NullModel}
+
+
+def load_model() -> EagerModel | Int8Model | NullModel:
+    return MODELS[os.environ.get("BASELINE_BACKEND") or "torch"]()
 
 
 def top3(logits: torch.Tensor) -> list[dict]:

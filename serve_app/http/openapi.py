@@ -74,6 +74,8 @@ SCHEMAS = {
               "properties": {"architecture": {"type": "string"}, "weights": {"type": "string"},
                              "weights_sha256": {"type": "string"}, "standin": {"type": "boolean"},
                              "backend": {"type": "string"}, "device": {"type": "string"},
+                             "null_model": {"type": "boolean", "description": "present (true) only when the "
+                                            "measurement-only null model answers: no inference ran"},
                              "notice": {"type": "string"}}},
     "Classification": {"type": "object", "required": ["predictions", "model"], "properties": {
         "predictions": {"type": "array", "items": ref("Prediction")}, "model": ref("Model")}},

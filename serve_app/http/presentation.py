@@ -8,8 +8,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from serve_app.labels import Label
+from serve_app.settings import BACKENDS
 
 STANDIN_NOTICE = "STAND-IN weights (seeded, not trained on ImageNet): the labels are meaningless."
+NULL_MODEL_NOTICE = ("NULL MODEL (measurement only): no inference ran; every image gets the same fixed classes. "
+                     "This service is being measured, not classifying.")
 
 
 def labelled(indices: np.ndarray, scores: np.ndarray, labels: Sequence[Label]) -> list[dict]:
@@ -31,6 +34,11 @@ def public_model_info(info: dict[str, Any]) -> dict[str, Any]:
         "backend": info["backend"],
         "device": info["device"],
     }
-    if weights["standin"]:
-        public["notice"] = STANDIN_NOTICE
+    no_inference = info["backend"] in BACKENDS and BACKENDS[info["backend"]].measurement_only
+    if no_inference:
+        public["null_model"] = True
+    notices = [notice for notice, applies in ((NULL_MODEL_NOTICE, no_inference), (STANDIN_NOTICE, weights["standin"]))
+               if applies]
+    if notices:
+        public["notice"] = " ".join(notices)
     return public

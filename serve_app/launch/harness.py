@@ -121,18 +121,23 @@ def serve_run(
     ready: Callable[[str], bool] | None = None,
     env: dict[str, str] | None = None,
     source: Path = REPO,
+    launcher: bool = False,
 ) -> Iterator[str]:
-    """Start `serve run` on `config` in its own session; yield the base URL once ready (by default: once
-    every application of the config answers /healthz under its route prefix). `source` is
-    the checkout whose serve_app runs (another one is put first on every Ray process's path)."""
+    """Start `serve run` on `config` in its own session (with `launcher`: `python -m serve_app serve
+    --as-written`, the stack `make serve` runs, with its own Ray settings); yield the base URL once
+    ready (by default: once every application of the config answers /healthz under its route prefix).
+    `source` is the checkout whose serve_app runs (another one is put first on every Ray process's path)."""
     workdir = Path(tempfile.mkdtemp(prefix="serve-app-test-"))
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    serve_cli = Path(sys.executable).with_name("serve")
+    if launcher:
+        command = [sys.executable, "-m", "serve_app", "serve", "--config", str(config_path), "--as-written"]
+    else:
+        command = [str(Path(sys.executable).with_name("serve")), "run", str(config_path)]
     env = {**QUICK_SHUTDOWN_ENV, **(RAY_ENV if env is None else env)}
     if source != REPO:
         env["PYTHONPATH"] = str(source)
-    with running([str(serve_cli), "run", str(config_path)], workdir / "serve.log", env, cwd=source) as process:
+    with running(command, workdir / "serve.log", env, cwd=source) as process:
         wait_ready(f"http://127.0.0.1:{config['http_options']['port']}", process, startup_timeout_s,
                    ready or every_application_healthy(config))
         yield f"http://127.0.0.1:{config['http_options']['port']}"

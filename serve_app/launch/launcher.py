@@ -50,7 +50,31 @@ RAY_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "
 # Serve's controller notes replicas that wait this long for resources in the deployment's status
 # message (default 30 s); a local run reads it to fail with an explanation instead of waiting.
 LOCAL_RAY_ENV = {"RAY_SERVE_SLOW_STARTUP_WARNING_S": "10", "RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S": "10"}
+# What one machine serving HTTP does not need, off or slowed unless `--dashboard` asks for Ray's
+# defaults (README, "The fixed price of the stack"). Idle on 2 cores these took the stack from 0.12
+# cores to under 0.05 (benchmarks/results/stack_cost.md): the dashboard's head modules (off,
+# ray.init(include_dashboard=False)), usage stats and task events for the state API (off), idle
+# workers started ahead of need (off), the log monitor's scan for new files (every 5 s, not 10 times a
+# second: with log_to_driver off nobody reads what it forwards), Serve's control loop (1 s, not
+# 0.1 s), the cached metrics every replica and handle exports (every 1 s, not 0.1 s) and the metrics
+# every process sends to the agent (every 30 s, not 10 s), the raylet's resource reports to the GCS
+# and the GCS's pull of them (1 s and 5 s: one node has nobody to tell), and event-loop statistics.
+LEAN_RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_enable_task_events": "0",
+    "RAY_prestart_worker_first_driver": "0",
+    "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+    "LOG_NAME_UPDATE_INTERVAL_S": "5",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1",
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+    "RAY_metrics_report_interval_ms": "30000",
+    "RAY_raylet_report_resources_period_milliseconds": "1000",
+    "RAY_gcs_pull_resource_loads_period_milliseconds": "5000",
+    "RAY_event_stats": "0",
+}
 UNSCHEDULABLE_MARK = "to be scheduled"  # in that status message
+# How often a running `serve` asks Serve for replica counts: each ask costs the controller a few ms.
+REPORT_INTERVAL_S = 10.0
 STOP_BUDGET_S = 6.0  # for Ray's own shutdown; what is left after it is killed
 READY_TIMEOUT_S = 600.0
 RAY_LOGS = "/tmp/ray/session_latest/logs"
@@ -76,10 +100,12 @@ class Terminal:
         print(f"error: {message}", file=sys.stderr, flush=True)
 
 
-def serve_locally(config_path: Path, *, fit: bool = True) -> int:
+def serve_locally(config_path: Path, *, fit: bool = True, dashboard: bool = False) -> int:
     terminal = Terminal()
     config = yaml.safe_load(config_path.read_text())
-    settings = AppSettings.from_args(config["applications"][0].get("args"))
+    settings = checked_settings(config, config_path, terminal)
+    if settings is None:
+        return 2
     http = config.get("http_options") or {}
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
     if not port_is_free(host, port):
@@ -99,10 +125,11 @@ def serve_locally(config_path: Path, *, fit: bool = True) -> int:
     try:
         import ray
 
-        for name, value in {**RAY_ENV, **LOCAL_RAY_ENV}.items():
+        for name, value in local_ray_env(dashboard).items():
             os.environ.setdefault(name, value)
-        terminal.say("starting a local Ray")
-        ray.init(address="local", namespace="serve", log_to_driver=False, logging_level="WARNING")
+        terminal.say("starting a local Ray" + (" with its dashboard on http://127.0.0.1:8265" if dashboard else ""))
+        ray.init(address="local", namespace="serve", log_to_driver=False, logging_level="WARNING",
+                 include_dashboard=dashboard)
         # Again: ray.init installs a SIGTERM handler of its own, which prints a stack and kills the
         # process without stopping Ray.
         signal.signal(signal.SIGTERM, _interrupt)
@@ -145,10 +172,17 @@ def serve_locally(config_path: Path, *, fit: bool = True) -> int:
     return code
 
 
+def local_ray_env(dashboard: bool) -> dict[str, str]:
+    """What a local run sets for every Ray process, where the shell has not set it already: Ray's
+    high-throughput settings, and, unless the dashboard is asked for, what one machine does not need."""
+    return {**RAY_ENV, **LOCAL_RAY_ENV, **({} if dashboard else LEAN_RAY_ENV)}
+
+
 def deploy_to_cluster(config_path: Path, address: str) -> int:
     terminal = Terminal()
     config = yaml.safe_load(config_path.read_text())
-    AppSettings.from_args(config["applications"][0].get("args"))  # a bad `args:` fails here, not on the cluster
+    if checked_settings(config, config_path, terminal) is None:  # a bad `args:` fails here, not on the cluster
+        return 2
     import ray
 
     try:
@@ -180,6 +214,16 @@ def deploy_to_cluster(config_path: Path, address: str) -> int:
         return 1
     finally:
         ray.shutdown()  # disconnects; the application keeps running on the cluster
+
+
+def checked_settings(config: dict[str, Any], config_path: Path, terminal: Terminal) -> AppSettings | None:
+    """The config's `args:` as settings (environment overrides applied), or None after saying what is
+    wrong with them."""
+    try:
+        return AppSettings.from_args(config["applications"][0].get("args"))
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        terminal.error(f"{config_path}: its args are not valid settings:\n{exc}")
+        return None
 
 
 def with_service_environment(config: dict[str, Any], environ) -> tuple[dict[str, Any], str]:
@@ -315,7 +359,7 @@ def keep_reporting(terminal: Terminal, reported: dict[str, str]) -> None:
     from ray import serve
 
     while True:
-        time.sleep(2)
+        time.sleep(REPORT_INTERVAL_S)
         for app in serve.status().applications.values():
             for name, deployment in app.deployments.items():
                 _report_replicas(name, deployment, reported, terminal)

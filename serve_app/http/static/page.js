@@ -27,6 +27,7 @@ const TEXT = {
     on: "on",
     standinShort: " (stand-in)",
     standin: "Stand-in weights are being served: seeded, not trained on ImageNet, so these labels mean nothing. For tests and demos only.",
+    nullModel: "The null model is being served: no inference runs and every image gets the same classes. This service is being measured.",
     unreachable: "The service did not answer.",
     httpError: (status) => `The service answered HTTP ${status}.`,
   },
@@ -50,6 +51,7 @@ const TEXT = {
     on: "运行于",
     standinShort: "（替身）",
     standin: "当前使用的是替身权重：随机种子生成，未在 ImageNet 上训练，标签没有意义。仅供测试和演示。",
+    nullModel: "当前使用的是空模型：不做推理，每张图片得到相同的类别。此服务正在接受测量。",
     unreachable: "服务没有响应。",
     httpError: (status) => `服务返回 HTTP ${status}。`,
   },
@@ -114,8 +116,8 @@ function describeModel(model) {
 
 function renderBanner() {
   const banner = document.getElementById("standin-banner");
-  banner.hidden = !(servedModel && servedModel.standin);
-  banner.textContent = text("standin");
+  banner.hidden = !(servedModel && (servedModel.standin || servedModel.null_model));
+  banner.textContent = servedModel && servedModel.null_model ? text("nullModel") : text("standin");
 }
 
 async function loadModelInfo() {

@@ -35,6 +35,7 @@ REGISTRY = {
     "onnx": "serve_app.model.backends.onnx_runtime:OnnxRuntimeBackend",
     "onnx-int8": "serve_app.model.backends.onnx_runtime:OnnxRuntimeInt8Backend",
     "cuda-graphs": "serve_app.model.backends.cuda_graphs:CudaGraphsBackend",
+    "null": "serve_app.model.backends.null:NullBackend",
 }
 assert REGISTRY.keys() == BACKENDS.keys(), "every backend named in settings.BACKENDS has a class, and only those"
 

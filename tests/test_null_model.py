@@ -1,0 +1,48 @@
+"""The null model over real Ray Serve and HTTP, as the benchmarks serve it: `python -m serve_app
+serve` (`make serve`'s own stack, lean, without Ray's dashboard) on configs/cpu.yaml sized for 2
+cores, `backend: null` allowed by SERVE_APP_ALLOW_NULL_MODEL=1. Everything runs as served but the
+forward pass, and every answer says so."""
+
+import httpx
+import pytest
+
+from serve_app.launch.harness import RAY_ENV, free_port, processes_named, serve_run, sized_config
+from serve_app.settings import ALLOW_NULL_MODEL_ENV_VAR, BACKENDS
+from tests.images import truncated
+
+pytestmark = pytest.mark.serve
+
+NULL_TOP3 = [(0, "tench"), (1, "goldfish"), (2, "great white shark")]
+
+
+@pytest.fixture(scope="module")
+def service():
+    config = sized_config(free_port(), backend="null")
+    with serve_run(config, env={**RAY_ENV, ALLOW_NULL_MODEL_ENV_VAR: "1"}, launcher=True) as base_url:
+        yield base_url
+
+
+def test_every_photo_gets_the_null_models_fixed_answer_labelled_as_such(service, shared_images):
+    with httpx.Client(timeout=30) as client:
+        for path in shared_images[:5]:
+            answer = client.post(f"{service}/v1/classify", files={"file": (path.name, path.read_bytes(), "image/jpeg")})
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert [(p["index"], p["label"]) for p in body["predictions"]] == NULL_TOP3
+            assert body["model"]["backend"] == "null" and body["model"]["null_model"] is True
+            assert body["model"]["notice"].startswith("NULL MODEL (measurement only)")
+        health = client.get(f"{service}/healthz").json()
+        assert health["model"]["null_model"] is True and health["replica"]["backend"] == "null"
+        assert client.get(f"{service}/v2/models/resnet18").json()["platform"] == BACKENDS["null"].platform
+
+
+def test_uploads_are_still_read_and_decoded_so_a_broken_one_is_refused(service, shared_images):
+    broken = truncated(shared_images[0])
+    answer = httpx.post(f"{service}/v1/classify", files={"file": ("broken.jpg", broken, "image/jpeg")}, timeout=30)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "corrupt_image"
+
+
+def test_make_serves_stack_runs_no_dashboard(service):
+    assert not processes_named("ray-dashboard-"), "the dashboard's head modules run only with --dashboard"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get("http://127.0.0.1:8265", timeout=5)
