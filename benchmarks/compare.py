@@ -96,12 +96,16 @@ def post_ok(path: str):
     return ready
 
 
+def ours_config(weights: str, edit=sized_for_two_cores, backend: str | None = None) -> dict:
+    """configs/cpu.yaml sized for 2 cores, on free ports of 127.0.0.1."""
+    return sized_config(free_port(), weights=weights, backend=backend, edit=edit)
+
+
 @contextmanager
-def ours(weights: str, edit=sized_for_two_cores, backend: str | None = None, env: dict[str, str] | None = None
-         ) -> Iterator[str]:
-    """configs/cpu.yaml sized for 2 cores, started the way `make serve` starts it (its lean Ray)."""
-    config = sized_config(free_port(), weights=weights, backend=backend, edit=edit)
-    with serve_run(config, env={**RAY_ENV, **(env or {})}, launcher=True) as url:
+def ours(weights: str, edit=sized_for_two_cores, backend: str | None = None, env: dict[str, str] | None = None,
+         config: dict | None = None) -> Iterator[str]:
+    """`config` (default: ours_config) started the way `make serve` starts it (its lean Ray)."""
+    with serve_run(config or ours_config(weights, edit, backend), env={**RAY_ENV, **(env or {})}, launcher=True) as url:
         yield url + "/v1/classify"
 
 

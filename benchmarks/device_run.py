@@ -12,7 +12,11 @@
 
 Part 1: `pytest -m gpu`; the model-only sweep (benchmarks/gpu.py: cuda-graphs fp16 against eager fp32,
 batch 1 to 256, host copy included); the null Ray Serve app (one Starlette route that reads the
-upload and answers a constant, same Ray settings, same replicas as our ingress) and then
+upload and answers a constant, same Ray settings, same replicas as our ingress); the serving path
+alone: ours on the null model (configs/gpu.yaml with `backend: null`: decoding, coalescing, the
+Ray call, @serve.batch, top-k and JSON as served, no forward pass) against gunicorn Flask and
+LitServe on the same null model, a worker per core (benchmarks/compare.py flask-null,
+litserve-null); then
 configs/gpu.yaml, both under the same load generator: ours is timed only after its answers over
 HTTP agree with eager FP32 on >= 99% of the shared photos with no NaN; its time to ready, single-image
 requests at concurrency 256, 16-image requests. Part 2: the null app again, then configs/cpu.yaml
@@ -37,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.load import load_photos, run_load
@@ -48,6 +53,7 @@ from benchmarks.report import (
     markdown_table,
 )
 from serve_app.launch.harness import (
+    RAY_ENV,
     REPO,
     deployment,
     free_port,
@@ -56,6 +62,8 @@ from serve_app.launch.harness import (
     replica_title,
     serve_run,
 )
+
+from serve_app.settings import ALLOW_NULL_MODEL_ENV_VAR
 
 NULL_APP = "benchmarks.baselines.null_serve:app"
 RAMP = [8, 64, 256, 256, 64, 8, 0, 0]  # concurrency per step of the autoscaling run; 0 = idle
@@ -104,6 +112,39 @@ def measure_null(plan: Plan) -> dict:
         return http_load(base_url + "/", plan.clients, plan.single_concurrency, plan.seconds, 1)
 
 
+def measure_null_model(plan: Plan) -> dict[str, dict]:
+    """The serving path alone on this node: ours on the null model (the config of the run, `backend:
+    null`) and the null peers (gunicorn Flask and LitServe, a worker per core, decoding as they do,
+    then the null model's fixed logits), single-image requests at the single-image concurrency, each
+    timed only once every answer is the null model's."""
+    from benchmarks import compare
+    from benchmarks.gpu import http_load
+
+    def ours_null(weights: str):
+        config = ours_config(plan)
+        config["applications"][0]["args"]["model"]["backend"] = "null"
+        return _at_path(serve_run(config, env={**RAY_ENV, ALLOW_NULL_MODEL_ENV_VAR: "1"}, startup_timeout_s=600),
+                        "/v1/classify")
+
+    photos = load_photos()
+    measured = {}
+    for name, system in (("ours-null", ours_null), ("flask-null", compare.flask_null),
+                         ("litserve-null", compare.litserve_null)):
+        with system("standin") as url:
+            check_agreement(name, compare.served_labels(url, photos[:20]), compare.null_labels(photos[:20]), 1.0,
+                            "the null model's fixed answer")
+            asyncio.run(run_load(url, 8, photos, requests=100))  # warm-up
+            measured[name] = http_load(url, plan.clients, plan.single_concurrency, plan.seconds, 1)
+        print(f"{name}:", measured[name], flush=True)
+    return measured
+
+
+@contextmanager
+def _at_path(base_urls, path: str):
+    with base_urls as base_url:
+        yield base_url + path
+
+
 def ours_config(plan: Plan) -> dict:
     if plan.dry_run:
         from benchmarks.compare import sized_for_two_cores
@@ -129,6 +170,7 @@ def part_one(plan: Plan, out: Path) -> dict:
                               batch_sizes=[1, 8] if plan.dry_run else None)
     run["null"] = measure_null(plan)
     print("null app:", run["null"], flush=True)
+    run["null_model"] = measure_null_model(plan)
     started = time.monotonic()
     with serve_run(ours_config(plan), startup_timeout_s=600) as base_url:
         run["ready_s"] = round(time.monotonic() - started, 1)
@@ -197,6 +239,10 @@ def targets(run: dict) -> list[tuple[str, str, str, bool]]:
                        run["agreement"] >= 0.99))
         share = run["single"]["req_s"] / run["null"]["req_s"] if run["null"]["req_s"] else 0.0
         checks.append(("single-image requests, ours / null app", f"{share:.0%}", ">= 80%", share >= 0.8))
+        null_model = run["null_model"]
+        best = max((name for name in null_model if name != "ours-null"), key=lambda name: null_model[name]["req_s"])
+        ratio = null_model["ours-null"]["req_s"] / null_model[best]["req_s"] if null_model[best]["req_s"] else 0.0
+        checks.append((f"null model, ours / best null peer ({best})", f"{ratio:.2f}x", ">= 1.0x", ratio >= 1.0))
         multi = run["multi"]
         checks.append(("16-image requests, images/s (errors)", f"{multi['images_s']:,} ({multi['errors']})",
                        ">= 5,000 (0)", multi["images_s"] >= 5000 and multi["errors"] == 0))
@@ -241,9 +287,8 @@ def write(run: dict, out: Path) -> None:
         axis.legend()
         http = [["null Serve app", 1, run["null"]["concurrency"], run["null"]["req_s"], run["null"]["images_s"],
                  run["null"]["p50_ms"], run["null"]["p99_ms"], run["null"]["errors"]]]
-        for key in ("single", "multi"):
-            r = run[key]
-            http.append(["ours", r["images_per_request"], r["concurrency"], r["req_s"], r["images_s"], r["p50_ms"],
+        for name, r in [*run["null_model"].items(), ("ours", run["single"]), ("ours", run["multi"])]:
+            http.append([name, r["images_per_request"], r["concurrency"], r["req_s"], r["images_s"], r["p50_ms"],
                          r["p99_ms"], r["errors"]])
         body = ["# GPU: the model alone and configs/gpu.yaml end to end", "", *header, "## Targets", "", verdicts, "",
                 "## Model only (host copy included)", "",

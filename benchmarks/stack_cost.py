@@ -27,7 +27,7 @@ from pathlib import Path
 from benchmarks.load import load_photos, sweep
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
 from serve_app.launch.harness import healthz_ok, running, wait_ready
-from serve_app.launch.processes import processes
+from serve_app.launch.processes import descendants, processes
 
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = 32
@@ -49,7 +49,7 @@ def process_kind(pid: int, command: str) -> str:
     if "-m serve_app serve" in command:
         return "python -m serve_app serve (the launcher)"
     words = command.split()
-    script = next((w for w in words[1:] if w.endswith(".py")), None) if "python" in first else None
+    script = next((w for w in words[1:] if w.endswith(".py")), None) if Path(first).name.startswith("python") else None
     return Path(script or first).name
 
 
@@ -66,8 +66,9 @@ def cores_by_kind(before: dict, after: dict, seconds: float, stack: set[int]) ->
     return {kind: cores for kind, cores in used.most_common() if cores > 0}
 
 
-def session_pids(session: int) -> set[int]:
-    return {process.pid for process in processes() if process.session == session}
+def stack_pids(launcher: int) -> set[int]:
+    """The launcher, its session and everything below it (Ray's processes, the replicas, HAProxy)."""
+    return {launcher, *descendants(launcher)} | {process.pid for process in processes() if process.session == launcher}
 
 
 def measure(flags: list[str], idle_seconds: float, load_seconds: float, photos) -> dict:
@@ -77,7 +78,7 @@ def measure(flags: list[str], idle_seconds: float, load_seconds: float, photos) 
     with running(command, log, env=env) as process:
         wait_ready(BASE_URL, process, 600, healthz_ok)
         time.sleep(5)  # replicas' start-up work settles
-        stack = session_pids(process.pid)
+        stack = stack_pids(process.pid)
         before = cpu_ticks()
         time.sleep(idle_seconds)
         idle = cores_by_kind(before, cpu_ticks(), idle_seconds, stack)

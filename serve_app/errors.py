@@ -1,7 +1,8 @@
 """Errors as types.
 
-A request's errors are ServiceErrors: each has a stable `code` and its HTTP `status`, the one status
-table. WeightsError is the operator's: the service cannot start with what it was configured to load.
+A request's errors are ServiceErrors: each has a stable `code`, its HTTP `status` and the gRPC status
+code that matches it (`grpc_status`, a grpc.StatusCode name): the one status table. WeightsError is
+the operator's: the service cannot start with what it was configured to load.
 """
 
 
@@ -14,6 +15,7 @@ class WeightsError(RuntimeError):
 class ServiceError(Exception):
     code = "bad_request"
     status = 400
+    grpc_status = "INVALID_ARGUMENT"
 
     def __init__(self, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -48,11 +50,13 @@ class TooManyImagesError(ServiceError):
 class UploadTooLargeError(ServiceError):
     code = "upload_too_large"
     status = 413
+    grpc_status = "RESOURCE_EXHAUSTED"
 
 
 class ImageTooLargeError(ServiceError):
     code = "image_too_large"
     status = 413
+    grpc_status = "RESOURCE_EXHAUSTED"
 
 
 class UnsupportedMediaTypeError(ServiceError):
@@ -65,6 +69,7 @@ class UnauthorizedError(ServiceError):
 
     code = "unauthorized"
     status = 401
+    grpc_status = "UNAUTHENTICATED"
 
 
 class RequestTimeoutError(ServiceError):
@@ -72,6 +77,7 @@ class RequestTimeoutError(ServiceError):
 
     code = "request_timeout"
     status = 408
+    grpc_status = "DEADLINE_EXCEEDED"
 
 
 class ProcessingTimeoutError(ServiceError):
@@ -79,6 +85,7 @@ class ProcessingTimeoutError(ServiceError):
 
     code = "timeout"
     status = 504
+    grpc_status = "DEADLINE_EXCEEDED"
 
 
 class OverloadedError(ServiceError):
@@ -86,6 +93,7 @@ class OverloadedError(ServiceError):
 
     code = "overloaded"
     status = 503
+    grpc_status = "RESOURCE_EXHAUSTED"
 
 
 class InferenceFailedError(ServiceError):
@@ -94,6 +102,7 @@ class InferenceFailedError(ServiceError):
 
     code = "inference_failed"
     status = 500
+    grpc_status = "INTERNAL"
 
 
 class InternalError(ServiceError):
@@ -102,6 +111,7 @@ class InternalError(ServiceError):
 
     code = "internal_error"
     status = 500
+    grpc_status = "INTERNAL"
 
 
 class ModelUnavailableError(ServiceError):
@@ -109,4 +119,5 @@ class ModelUnavailableError(ServiceError):
 
     code = "model_unavailable"
     status = 503
+    grpc_status = "UNAVAILABLE"
 

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from serve_app.launch.harness import (
@@ -24,6 +25,7 @@ from serve_app.launch.harness import (
     SteadyLoad,
     deployment,
     free_port,
+    grpc_address,
     serve_run,
     sized_config,
     wait_until,
@@ -53,14 +55,18 @@ def healthz_and_two_model_replicas(base_url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def config():
+    return sized_config(free_port(), backend="onnx-int8", classifier_cpus=0.4, edit=locked_down)
+
+
+@pytest.fixture(scope="module")
+def service(config, tmp_path_factory):
     token = tmp_path_factory.mktemp("ray") / "auth_token"
     token.write_text(RAY_TOKEN)
     env = {
         **RAY_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
         "SERVE_APP_API_KEYS": ",".join(KEYS), "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
     }
-    config = sized_config(free_port(), backend="onnx-int8", classifier_cpus=0.4, edit=locked_down)
     with serve_run(config, env=env, ready=healthz_and_two_model_replicas) as base_url:
         yield base_url
 
@@ -173,6 +179,22 @@ def test_api_keys_guard_every_route_but_health_and_the_page(service, shared_imag
     assert httpx.get(f"{service}/v1/labels", headers=AUTH).status_code == 200
     for open_path in ("/healthz", "/", "/static/page.js", "/static/page.css"):
         assert httpx.get(f"{service}{open_path}").status_code == 200, open_path
+
+
+def test_grpc_needs_the_key_as_metadata_where_http_needs_it(config, service, shared_images):
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
+
+    client = triton_grpc.InferenceServerClient(url=grpc_address(config))
+    assert client.is_server_live() and client.is_model_ready("resnet18"), "health is open, as on HTTP"
+    images = triton_grpc.InferInput("images", [1], "BYTES")
+    images.set_data_from_numpy(np.array([shared_images[0].read_bytes()], dtype=np.object_))
+    for headers in ({}, {"authorization": "Bearer first-key-4f9e"}):
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("resnet18", [images], headers=headers)
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED" and "API key" in refused.value.message()
+    answer = client.infer("resnet18", [images], headers={"authorization": f"Bearer {KEYS[1]}"})
+    assert answer.as_numpy("probabilities").shape == (1, 1000)
 
 
 def test_the_page_asks_for_the_key(service, browser, shared_images):

@@ -15,10 +15,12 @@ pytestmark = pytest.mark.serve
 NULL_TOP3 = [(0, "tench"), (1, "goldfish"), (2, "great white shark")]
 
 
+CONFIG = sized_config(free_port(), backend="null")
+
+
 @pytest.fixture(scope="module")
 def service():
-    config = sized_config(free_port(), backend="null")
-    with serve_run(config, env={**RAY_ENV, ALLOW_NULL_MODEL_ENV_VAR: "1"}, launcher=True) as base_url:
+    with serve_run(CONFIG, env={**RAY_ENV, ALLOW_NULL_MODEL_ENV_VAR: "1"}, launcher=True) as base_url:
         yield base_url
 
 
@@ -46,3 +48,16 @@ def test_make_serves_stack_runs_no_dashboard(service):
     assert not processes_named("ray-dashboard-"), "the dashboard's head modules run only with --dashboard"
     with pytest.raises(httpx.ConnectError):
         httpx.get("http://127.0.0.1:8265", timeout=5)
+
+
+def test_grpc_needs_no_metadata_where_one_application_runs(service, shared_images):
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+
+    from serve_app.launch.harness import grpc_address
+
+    client = triton_grpc.InferenceServerClient(url=grpc_address(CONFIG))
+    images = triton_grpc.InferInput("images", [2], "BYTES")
+    images.set_data_from_numpy(np.array([p.read_bytes() for p in shared_images[:2]], dtype=np.object_))
+    probabilities = client.infer("resnet18", [images]).as_numpy("probabilities")
+    assert list(probabilities.argmax(1)) == [NULL_TOP3[0][0]] * 2

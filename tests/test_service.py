@@ -20,6 +20,7 @@ from serve_app.launch.harness import (
     beside,
     deployment,
     free_port,
+    grpc_address,
     processes_named,
     replica_title,
     serve_run,
@@ -55,6 +56,7 @@ class Service:
     base_url: str
     first_answers: list[httpx.Response]  # one request at a time, from the start: the first ones failed
     replicas_at_start: set[int]
+    grpc_address: str
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def started(shared_images):
         replicas = set(processes_named(replica_title("Classifier")))
         with httpx.Client() as client:
             first = [classify(base_url, path, client=client) for path in shared_images[:FAILING_BATCHES + 6]]
-        yield Service(base_url, first, replicas)
+        yield Service(base_url, first, replicas, grpc_address(config))
 
 
 @pytest.fixture(scope="module")
@@ -349,3 +351,97 @@ def test_with_replica_decoding_plain_jpegs_are_decoded_there_and_answer_like_the
     results = httpx.post(f"{decoding}/v1/classify", files=files, timeout=60).json()["results"]
     assert [r.get("error", {}).get("code", "ok") for r in results] == ["ok", "ok", "ok", "corrupt_image", "ok"]
     assert results[0]["predictions"][0]["index"] == results[2]["predictions"][0]["index"]
+
+
+# ---- the Open Inference Protocol over gRPC, with Triton's own client ----------------------------
+
+
+# Two applications share this Serve (the second at /decoding), so a gRPC call names its own, as Serve
+# asks (a config with one application, as shipped, needs no metadata: tests/test_null_model.py).
+APP = {"application": "classifier"}
+
+
+def v1_probabilities(base_url: str, path) -> np.ndarray:
+    answer = classify(base_url, path, top_k=1000)
+    probabilities = np.zeros(1000, np.float32)
+    for prediction in answer.json()["predictions"]:
+        probabilities[prediction["index"]] = prediction["score"]
+    return probabilities
+
+
+def test_tritonclient_grpc_answers_what_v1_answers_to_1e6(service, started, shared_images):
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(url=started.grpc_address)
+    assert client.is_server_live(headers=APP) and client.is_server_ready(headers=APP)
+    assert client.is_model_ready("resnet18", headers=APP)
+    assert client.get_model_metadata("resnet18", headers=APP).platform == BACKENDS["onnx"].platform  # ONNX FP32
+    assert "classification" in client.get_server_metadata(headers=APP).extensions
+    photos = shared_images[48:56]
+    images = triton_grpc.InferInput("images", [len(photos)], "BYTES")
+    images.set_data_from_numpy(np.array([p.read_bytes() for p in photos], dtype=np.object_))
+    probabilities = client.infer("resnet18", [images], headers=APP).as_numpy("probabilities")
+    assert probabilities.shape == (8, 1000)
+    for photo, row in zip(photos, probabilities):
+        over_http = v1_probabilities(service, photo)
+        assert row.argmax() == over_http.argmax() and np.abs(row - over_http).max() <= 1e-6, photo.name
+    top3 = client.infer("resnet18", [images], outputs=[triton_grpc.InferRequestedOutput("probabilities", class_count=3)],
+                        headers=APP)
+    rows = top3.as_numpy("probabilities")
+    assert rows.shape == (8, 3) and [int(row[0].decode().split(":")[1]) for row in rows] == list(probabilities.argmax(1))
+
+
+def test_grpc_refusals_have_their_status_codes_and_the_service_keeps_serving(started, shared_images):
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
+
+    client = triton_grpc.InferenceServerClient(url=started.grpc_address)
+
+    def refused(model: str, items: list[bytes]) -> InferenceServerException:
+        images = triton_grpc.InferInput("images", [len(items)], "BYTES")
+        images.set_data_from_numpy(np.array(items, dtype=np.object_))
+        with pytest.raises(InferenceServerException) as error:
+            client.infer(model, [images], headers=APP)
+        return error.value
+
+    corrupt = refused("resnet18", [shared_images[0].read_bytes(), truncated(shared_images[1])])
+    assert corrupt.status() == "StatusCode.INVALID_ARGUMENT" and corrupt.message().startswith("image 1:")
+    assert refused("resnet50", [shared_images[0].read_bytes()]).status() == "StatusCode.NOT_FOUND"
+    oversized = refused("resnet18", [bytes(4 * 1024 * 1024)] * 3)  # 12 MiB, over max_upload_bytes
+    assert oversized.status() == "StatusCode.RESOURCE_EXHAUSTED" and "larger than the limit" in oversized.message()
+    images = triton_grpc.InferInput("images", [1], "BYTES")
+    images.set_data_from_numpy(np.array([shared_images[2].read_bytes()], dtype=np.object_))
+    assert client.infer("resnet18", [images], headers=APP).as_numpy("probabilities").shape == (1, 1000)
+
+
+def test_32_concurrent_grpc_clients_for_20_seconds_get_no_error(started, shared_images):
+    import tritonclient.grpc.aio as triton_aio
+    from tritonclient.grpc import InferInput
+    from tritonclient.utils import InferenceServerException
+
+    photos = [p.read_bytes() for p in shared_images]
+    outcomes: Counter = Counter()
+
+    async def run() -> None:
+        client = triton_aio.InferenceServerClient(url=started.grpc_address)
+        deadline = asyncio.get_running_loop().time() + 20
+
+        async def worker(offset: int) -> None:
+            n = offset
+            while asyncio.get_running_loop().time() < deadline:
+                images = InferInput("images", [1], "BYTES")
+                images.set_data_from_numpy(np.array([photos[n % len(photos)]], dtype=np.object_))
+                try:
+                    answer = await client.infer("resnet18", [images], headers=APP)
+                    outcomes["ok" if answer.as_numpy("probabilities").shape == (1, 1000) else "wrong shape"] += 1
+                except InferenceServerException as error:
+                    outcomes[error.status()] += 1
+                n += 32
+
+        try:
+            await asyncio.gather(*(worker(i) for i in range(32)))
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+    assert set(outcomes) == {"ok"} and outcomes["ok"] > 100, outcomes

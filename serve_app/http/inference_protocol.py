@@ -19,6 +19,7 @@ import binascii
 import json
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -83,24 +84,35 @@ def parse_infer_request(body: bytes, header_length: str | None, max_images: int)
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidParameterError(f"send exactly one input: `{IMAGES_INPUT}` (BYTES) or `{PIXELS_INPUT}` (UINT8)")
     tensor = inputs[0]
-    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    shape = tensor.get("shape")
+    if not isinstance(shape, list):
         raise InvalidParameterError("the input's `shape` must be a list of non-negative integers")
     raw = _tensor_bytes(tensor, binary)
+    return checked_request(tensor.get("name"), tensor.get("datatype"), shape,
+                           lambda: _bytes_elements(tensor, raw), lambda: _uint8_tensor(tensor, raw, shape),
+                           _request_id(header), *_requested_output(header), max_images=max_images)
+
+
+def checked_request(name, datatype, shape: list, images_of: Callable[[], list[bytes]],
+                    pixels_of: Callable[[], np.ndarray], request_id: str | None, classification: int | None,
+                    binary_output: bool, *, max_images: int) -> InferRequest:
+    """The one input, checked the same way whatever carried it (a JSON body, binary data, a gRPC
+    message): its name, type and shape, then its contents (`images_of` or `pixels_of`)."""
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidParameterError("the input's `shape` must be a list of non-negative integers")
     if name == IMAGES_INPUT and datatype == "BYTES":
-        images = _bytes_elements(tensor, raw)
+        images, pixels = images_of(), None
         if len(shape) != 1 or shape[0] != len(images):
             raise InvalidParameterError(f"`{IMAGES_INPUT}` has shape [N] with one encoded image per row; "
                                         f"got shape {shape} for {len(images)} elements")
-        pixels = None
     elif name == PIXELS_INPUT and datatype == "UINT8":
         if len(shape) != 4 or tuple(shape[1:]) != CROP_SHAPE:
             raise InvalidParameterError(f"`{PIXELS_INPUT}` has shape {PIXELS_SHAPE}; got {shape}")
-        pixels, images = _uint8_tensor(tensor, raw, shape), None
+        pixels, images = pixels_of(), None
     else:
         raise InvalidParameterError(f"unknown input {name!r} of type {datatype!r}: send `{IMAGES_INPUT}` "
                                     f"(BYTES) or `{PIXELS_INPUT}` (UINT8)")
-    request = InferRequest(_request_id(header), images, pixels, *_requested_output(header))
+    request = InferRequest(request_id, images, pixels, classification, binary_output)
     if len(request) == 0:
         raise InvalidParameterError("the input holds no images")
     if len(request) > max_images:
@@ -108,19 +120,31 @@ def parse_infer_request(body: bytes, header_length: str | None, max_images: int)
     return request
 
 
-def infer_response(request: InferRequest, answer: TopK, labels: list[Label]) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers, binary when the request asked for binary outputs."""
+def checked_classification(k) -> int | None:
+    """The classification extension's k (None: not asked for), an integer from 1 to NUM_CLASSES."""
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= NUM_CLASSES):
+        raise InvalidParameterError(f"classification must be an integer from 1 to {NUM_CLASSES}, got {k!r}")
+    return k
+
+
+def output_tensor(request: InferRequest, answer: TopK, labels: list[Label]) -> tuple[dict, list, bytes]:
+    """The `probabilities` output: its name, datatype and shape, its values, and their raw bytes
+    (FP32 little-endian, or BYTES elements each behind its 4-byte little-endian length)."""
     if request.classification:
         rows = [[f"{score:f}:{index}:{labels[index].label}" for index, score in zip(indices, scores)]
                 for indices, scores in zip(answer.indices, answer.scores)]
-        output = {"name": PROBABILITIES_OUTPUT, "datatype": "BYTES", "shape": [len(rows), len(rows[0])]}
         values = [item for row in rows for item in row]
         raw = b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in values)
-    else:
-        probabilities = np.zeros((len(answer), NUM_CLASSES), np.float32)
-        np.put_along_axis(probabilities, answer.indices.astype(np.int64), answer.scores, axis=1)
-        output = {"name": PROBABILITIES_OUTPUT, "datatype": "FP32", "shape": list(probabilities.shape)}
-        values, raw = probabilities.ravel().tolist(), probabilities.tobytes()
+        return {"name": PROBABILITIES_OUTPUT, "datatype": "BYTES", "shape": [len(rows), len(rows[0])]}, values, raw
+    probabilities = np.zeros((len(answer), NUM_CLASSES), np.float32)
+    np.put_along_axis(probabilities, answer.indices.astype(np.int64), answer.scores, axis=1)
+    output = {"name": PROBABILITIES_OUTPUT, "datatype": "FP32", "shape": list(probabilities.shape)}
+    return output, probabilities.ravel().tolist(), probabilities.tobytes()
+
+
+def infer_response(request: InferRequest, answer: TopK, labels: list[Label]) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers, binary when the request asked for binary outputs."""
+    output, values, raw = output_tensor(request, answer, labels)
     header = {"model_name": MODEL_NAME, "model_version": MODEL_VERSION, "outputs": [output]}
     if request.id is not None:
         header["id"] = request.id
@@ -161,17 +185,7 @@ def _tensor_bytes(tensor: dict, binary: bytes) -> bytes | None:
 
 def _bytes_elements(tensor: dict, raw: bytes | None) -> list[bytes]:
     if raw is not None:
-        elements, offset = [], 0
-        while offset < len(raw):
-            if offset + 4 > len(raw):
-                raise MalformedRequestError("a BYTES element's 4-byte length is cut off")
-            (size,) = struct.unpack_from("<I", raw, offset)
-            offset += 4
-            if offset + size > len(raw):
-                raise MalformedRequestError("a BYTES element is shorter than its length says")
-            elements.append(raw[offset : offset + size])
-            offset += size
-        return elements
+        return bytes_elements(raw)
     data = tensor.get("data")
     if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
         raise InvalidParameterError(f"`{IMAGES_INPUT}` data must be a list of base64 strings (or binary data)")
@@ -181,12 +195,33 @@ def _bytes_elements(tensor: dict, raw: bytes | None) -> list[bytes]:
         raise InvalidParameterError(f"`{IMAGES_INPUT}` holds a string that is not base64: {exc}") from None
 
 
-def _uint8_tensor(tensor: dict, raw: bytes | None, shape: list[int]) -> np.ndarray:
+def bytes_elements(raw: bytes) -> list[bytes]:
+    """A BYTES tensor's elements from its raw form: each behind its 4-byte little-endian length."""
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise MalformedRequestError("a BYTES element's 4-byte length is cut off")
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise MalformedRequestError("a BYTES element is shorter than its length says")
+        elements.append(raw[offset : offset + size])
+        offset += size
+    return elements
+
+
+def uint8_elements(raw: bytes, shape: list[int]) -> np.ndarray:
+    """A UINT8 tensor of `shape` from its raw bytes."""
     expected = int(np.prod(shape))
+    if len(raw) != expected:
+        raise InvalidParameterError(f"shape {shape} needs {expected} bytes of UINT8, got {len(raw)}")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+
+
+def _uint8_tensor(tensor: dict, raw: bytes | None, shape: list[int]) -> np.ndarray:
     if raw is not None:
-        if len(raw) != expected:
-            raise InvalidParameterError(f"shape {shape} needs {expected} bytes of UINT8, got {len(raw)}")
-        return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+        return uint8_elements(raw, shape)
+    expected = int(np.prod(shape))
     data = np.asarray(tensor.get("data"), dtype=object).ravel() if isinstance(tensor.get("data"), list) else None
     if data is None or data.size != expected:
         raise InvalidParameterError(f"shape {shape} needs {expected} UINT8 values in `data`")
@@ -214,7 +249,4 @@ def _requested_output(header: dict) -> tuple[int | None, bool]:
     if not only_ours or outputs[0].get("name") != PROBABILITIES_OUTPUT:
         raise InvalidParameterError(f"the only output is `{PROBABILITIES_OUTPUT}`")
     parameters = outputs[0].get("parameters") or {}
-    k = parameters.get("classification")
-    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= NUM_CLASSES):
-        raise InvalidParameterError(f"classification must be an integer from 1 to {NUM_CLASSES}, got {k!r}")
-    return k, bool(parameters.get("binary_data", binary_default))
+    return checked_classification(parameters.get("classification")), bool(parameters.get("binary_data", binary_default))

@@ -44,9 +44,16 @@ class IngressMetrics:
         self.images_per_call = metrics.Histogram(
             "serve_app_images_per_call", description="Images in one model call.", boundaries=BATCH_SIZE_BUCKETS
         )
+        self.grpc_requests = metrics.Counter(
+            "serve_app_grpc_requests", description="gRPC calls answered, by RPC and status code.",
+            tag_keys=("rpc", "code"),
+        )
 
     def rejected(self, reason: str) -> None:
         self.rejected_uploads.inc(tags={"reason": reason})
+
+    def grpc_answer(self, rpc: str, code: str) -> None:
+        self.grpc_requests.inc(tags={"rpc": rpc, "code": code})
 
     def model_call(self, requests: int, images: int) -> None:
         self.requests_per_call.observe(requests)

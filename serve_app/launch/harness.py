@@ -49,6 +49,11 @@ def load_config(name: str = "cpu.yaml", source: Path = REPO) -> dict[str, Any]:
     return yaml.safe_load((source / "configs" / name).read_text())
 
 
+def grpc_address(config: dict[str, Any]) -> str:
+    """Where a config's gRPC port answers on this machine (host:port)."""
+    return f"127.0.0.1:{config['grpc_options']['port']}"
+
+
 def deployment(config: dict[str, Any], name: str) -> dict[str, Any]:
     return next(d for d in config["applications"][0]["deployments"] if d["name"] == name)
 
@@ -63,9 +68,12 @@ def sized_config(
     edit: Callable[[dict[str, Any]], None] | None = None,
     source: Path = REPO,
 ) -> dict[str, Any]:
-    """configs/cpu.yaml (of this checkout, or of `source`), sized for 2 cores and bound to 127.0.0.1:port."""
+    """configs/cpu.yaml (of this checkout, or of `source`), sized for 2 cores and bound to 127.0.0.1:port
+    (its gRPC port, where it has one, to a free port: grpc_port() reads it)."""
     config = copy.deepcopy(load_config(source=source))
     config["http_options"].update(host="127.0.0.1", port=port)
+    if "grpc_options" in config:
+        config["grpc_options"]["port"] = free_port()
     config["applications"][0]["args"]["model"]["weights"] = weights
     if backend:
         config["applications"][0]["args"]["model"]["backend"] = backend

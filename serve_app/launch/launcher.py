@@ -108,10 +108,12 @@ def serve_locally(config_path: Path, *, fit: bool = True, dashboard: bool = Fals
         return 2
     http = config.get("http_options") or {}
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
-    if not port_is_free(host, port):
-        terminal.error(f"port {port} on {host} is taken (another `make serve`?): stop that, or change "
-                       f"http_options.port in {config_path}")
-        return 2
+    grpc_port = grpc_port_of(config)
+    for taken, setting in ((port, "http_options.port"), (grpc_port, "grpc_options.port")):
+        if taken is not None and not port_is_free(host, taken):
+            terminal.error(f"port {taken} on {host} is taken (another `make serve`?): stop that, or change "
+                           f"{setting} in {config_path}")
+            return 2
     try:
         source = weights_for(settings.model)
     except WeightsError as exc:
@@ -146,12 +148,16 @@ def serve_locally(config_path: Path, *, fit: bool = True, dashboard: bool = Fals
             for warning in check_cluster_fit(config, [resources], str(config_path)):
                 terminal.say(f"warning: {warning}")
         prepare_artifacts(settings, source, gpus, terminal)
-        base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        local_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        base_url = f"http://{local_host}:{port}"
         deploy(config)
         terminal.say("replicas starting")
         reported = watch_until_running(config, str(config_path), terminal, base_url)
         terminal.say(f"ready: {base_url} (the page: open it in a browser). Ctrl-C stops it.")
         print(f"  curl -F file=@photo.jpg {base_url}/v1/classify", flush=True)
+        if grpc_port is not None:
+            print(f"  gRPC (inference.GRPCInferenceService, as tritonclient.grpc calls it): {local_host}:{grpc_port}",
+                  flush=True)
         keep_reporting(terminal, reported)
     except KeyboardInterrupt:
         terminal.say("stopping")
@@ -257,6 +263,12 @@ def failure_cause(message: str) -> str:
             first = match.group(1) + lines[at][match.end(1):]
             return "\n".join([first, *lines[at + 1 :]]).strip()
     return message.strip()
+
+
+def grpc_port_of(config: dict[str, Any]) -> int | None:
+    """The config's gRPC port, where it serves gRPC (names a servicer), else None."""
+    grpc = config.get("grpc_options") or {}
+    return int(grpc.get("port", 9000)) if grpc.get("grpc_servicer_functions") else None
 
 
 def port_is_free(host: str, port: int) -> bool:
