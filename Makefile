@@ -1,4 +1,5 @@
 # make serve   - install if needed, then serve configs/cpu.yaml, fitted to this machine, on http://127.0.0.1:8000
+#                (gRPC on 9000); SERVE_FLAGS=--dashboard adds Ray's dashboard and Ray's default intervals
 # make test    - install if needed, then run the whole test suite
 # make test-fast - the fast subset for the edit loop (in process, under a minute): pytest -m fast
 # make screenshots - refresh the README's pictures of the page (docs/screenshots), against the real service
@@ -30,7 +31,7 @@ browser:
 install: $(STAMP) browser
 
 serve: $(STAMP)
-	$(PY) -m serve_app serve --config $(CONFIG)
+	$(PY) -m serve_app serve --config $(CONFIG) $(SERVE_FLAGS)
 
 test: install
 	$(PY) -m pytest

@@ -41,6 +41,7 @@ import os
 import sys
 import tempfile
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -110,9 +111,23 @@ def ours(weights: str, edit=sized_for_two_cores, backend: str | None = None, env
 
 
 @contextmanager
-def ours_null(weights: str) -> Iterator[str]:
+def ours_null(weights: str, edit=sized_for_two_cores) -> Iterator[str]:
     """Ours with the null model: everything as served but the forward pass."""
-    with ours(weights, backend="null", env={ALLOW_NULL_MODEL_ENV_VAR: "1"}) as url:
+    with ours(weights, edit=edit, backend="null", env={ALLOW_NULL_MODEL_ENV_VAR: "1"}) as url:
+        yield url
+
+
+def decoding_on_the_replica(config: dict) -> None:
+    sized_for_two_cores(config)
+    config["applications"][0]["args"]["model"]["decode_on_replica"] = True
+
+
+@contextmanager
+def ours_null_replica_decode(weights: str) -> Iterator[str]:
+    """Not a peer: the null model with the GPU config's request path (decode_on_replica: the ingress
+    reads only the headers and sends JPEGs as bytes; here the replica decodes them on the CPU, where
+    a GPU replica uses nvJPEG), for what an ingress costs per request on a GPU node."""
+    with ours_null(weights, edit=decoding_on_the_replica) as url:
         yield url
 
 
@@ -130,25 +145,6 @@ def plain_serve(weights: str, ray_env: dict[str, str] | None = None, baseline_en
     }
     with serve_run(config, ready=post_ok("/"), env=ray_env or {}) as url:
         yield url + "/"
-
-
-@contextmanager
-def plain_serve_with_our_ray_settings(weights: str) -> Iterator[str]:
-    """Not a target: shows how much of the gap Ray's settings alone close (HAProxy, throughput mode)."""
-    with plain_serve(weights, ray_env=RAY_ENV) as url:
-        yield url
-
-
-@contextmanager
-def plain_serve_int8(weights: str) -> Iterator[str]:
-    with plain_serve(weights, baseline_env=INT8) as url:
-        yield url
-
-
-@contextmanager
-def plain_serve_null(weights: str) -> Iterator[str]:
-    with plain_serve(weights, baseline_env=NULL) as url:
-        yield url
 
 
 @contextmanager
@@ -179,24 +175,6 @@ def flask(weights: str, threads: int | None = None, baseline_env: dict[str, str]
 
 
 @contextmanager
-def flask_tuned(weights: str) -> Iterator[str]:
-    with flask(weights, threads=1) as url:
-        yield url
-
-
-@contextmanager
-def flask_int8(weights: str) -> Iterator[str]:
-    with flask(weights, threads=1, baseline_env=INT8) as url:
-        yield url
-
-
-@contextmanager
-def flask_null(weights: str) -> Iterator[str]:
-    with flask(weights, threads=1, baseline_env=NULL) as url:
-        yield url
-
-
-@contextmanager
 def litserve(weights: str, baseline_env: dict[str, str] = INT8) -> Iterator[str]:
     """LitServe as its docs teach: two inference workers batching up to 8 within 10 ms, one thread each."""
     port = free_port()
@@ -209,20 +187,29 @@ def litserve(weights: str, baseline_env: dict[str, str] = INT8) -> Iterator[str]
         yield f"http://127.0.0.1:{port}/predict"
 
 
-@contextmanager
-def litserve_null(weights: str) -> Iterator[str]:
-    with litserve(weights, NULL) as url:
-        yield url
-
-
-SYSTEMS = {"ours": ours, "plain-serve": plain_serve, "plain-serve+ray-settings": plain_serve_with_our_ray_settings,
-           "flask": flask, "flask-tuned": flask_tuned, "plain-serve-int8": plain_serve_int8, "flask-int8": flask_int8,
-           "litserve-int8": litserve, "ours-null": ours_null, "plain-serve-null": plain_serve_null,
-           "flask-null": flask_null, "litserve-null": litserve_null, "serve-null-app": serve_null_app}
+SYSTEMS = {
+    "ours": ours,
+    "plain-serve": plain_serve,
+    # Not a target: how much of the gap Ray's settings alone close (HAProxy, throughput mode).
+    "plain-serve+ray-settings": partial(plain_serve, ray_env=RAY_ENV),
+    "flask": flask,
+    "flask-tuned": partial(flask, threads=1),
+    "plain-serve-int8": partial(plain_serve, baseline_env=INT8),
+    "flask-int8": partial(flask, threads=1, baseline_env=INT8),
+    "litserve-int8": litserve,
+    "ours-null": ours_null,
+    "plain-serve-null": partial(plain_serve, baseline_env=NULL),
+    "flask-null": partial(flask, threads=1, baseline_env=NULL),
+    "litserve-null": partial(litserve, baseline_env=NULL),
+    "serve-null-app": serve_null_app,
+    "ours-null-replica-decode": ours_null_replica_decode,
+    # Not a peer: ours with Ray's Python HTTP proxy in place of HAProxy (benchmarks/cpu_share.py compares them).
+    "ours-python-proxy": partial(ours, env={"RAY_SERVE_ENABLE_HA_PROXY": "0"}),
+}
 EAGER_BASELINES = ("plain-serve", "plain-serve+ray-settings", "flask", "flask-tuned")
 SAME_BACKEND_BASELINES = ("plain-serve-int8", "flask-int8", "litserve-int8")
 NULL_PEERS = ("plain-serve-null", "flask-null", "litserve-null")  # decode, then the same fixed logits as ours-null
-NULL_SYSTEMS = ("ours-null", *NULL_PEERS, "serve-null-app")
+NULL_SYSTEMS = ("ours-null", *NULL_PEERS, "serve-null-app", "ours-null-replica-decode")
 BASELINES = EAGER_BASELINES + SAME_BACKEND_BASELINES
 
 

@@ -8,15 +8,18 @@ ours and for LitServe and gunicorn Flask on the same model, or on the null model
 
 Each variant is a system of benchmarks/compare.py, started the same way and sized for 2 cores:
 `ours` (the INT8 model, `make serve`'s stack), `ours-null` (the null model: everything as served
-but the forward pass), `litserve-int8`, `litserve-null`, `flask-int8`, `flask-null`. Single-image
+but the forward pass), `litserve-int8`, `litserve-null`, `flask-int8`, `flask-null`, and
+`ours-null-replica-decode` (the null model on the GPU config's request path, decode_on_replica: the
+ingress reads only headers, the replica decodes, here on the CPU), for what an ingress replica
+costs per request on a GPU node (benchmarks/results/gpu_node_estimate.md). Single-image
 requests (or --images-per-request) go at concurrency 32; every process's user+system CPU time is
 read from /proc before and after the measured window and divided by the requests answered, by
 the role the process plays. For `ours`, inference is measured apart: the model replica reports
 how many forward passes of each batch size it ran in the window, and the same backend, with the
 replica's thread count, runs those batches again in this process afterwards; the rest of the
 service's CPU is what the request path costs beside inference. With the null model there is no
-inference, so all of a null variant's CPU is its serving path's. The result cache is off (the
-photos repeat). With --before, that commit is checked out into a temporary worktree and served
+inference, so all of a null variant's CPU is its serving path's. The service has no result cache:
+every request is computed. With --before, that commit is checked out into a temporary worktree and served
 as `ours` (its own configs/cpu.yaml and launcher). Runs of 20 s on 2 shared cores vary by
 10-15%, so --repeat runs the variants in turn that many rounds and reports each figure's median.
 Writes benchmarks/results/cpu_share.{md,png,json}.
@@ -56,7 +59,7 @@ from serve_app.settings import SHARED_IMAGES
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = 32
 BACKEND = "onnx-int8"
-VARIANTS = ("ours-null", "litserve-null", "flask-null", "ours", "litserve-int8", "flask-int8")
+VARIANTS = ("ours-null", "litserve-null", "flask-null", "ours", "litserve-int8", "flask-int8", "ours-null-replica-decode")
 # Process titles Ray sets (ray::<actor>), the names of binaries and scripts, grouped by the role
 # they play; the first that matches names the role.
 ROLES = [
@@ -264,7 +267,7 @@ def write_results(variants: dict[str, dict], seconds: float, command: str, image
         f"warm-up, {next(iter(variants.values()))['rounds']} round(s) of every variant in turn, medians; each "
         "process's user+system CPU time from /proc, divided by the requests answered. Inference (ours): the "
         "replica's forward passes in the window, replayed in the benchmark process with the replica's threads. "
-        "`-` where a role has no process, or where inference was not measured apart. Result cache off.",
+        "`-` where a role has no process, or where inference was not measured apart. No result cache: every request computed.",
         "",
         markdown_table(["process", *variants], rows),
         "",

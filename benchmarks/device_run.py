@@ -128,8 +128,8 @@ def measure_null_model(plan: Plan) -> dict[str, dict]:
 
     photos = load_photos()
     measured = {}
-    for name, system in (("ours-null", ours_null), ("flask-null", compare.flask_null),
-                         ("litserve-null", compare.litserve_null)):
+    for name, system in (("ours-null", ours_null), ("flask-null", compare.SYSTEMS["flask-null"]),
+                         ("litserve-null", compare.SYSTEMS["litserve-null"])):
         with system("standin") as url:
             check_agreement(name, compare.served_labels(url, photos[:20]), compare.null_labels(photos[:20]), 1.0,
                             "the null model's fixed answer")

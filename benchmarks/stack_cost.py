@@ -8,8 +8,8 @@ this machine, stand-in weights, port 8000) twice: as shipped, and with `--dashbo
 dashboard and Ray's default intervals, what the stack was before). Each time, once every replica
 is up: every process's user+system CPU time from /proc over --idle-seconds with no request at
 all, then over --load-seconds of single-image requests at concurrency 32 (after a 5 s warm-up),
-one line per process kind, in cores (CPU seconds per second). The result cache is off
-(SERVE_APP_RESULT_CACHE=off where the service has one): the photos repeat. Writes
+one line per process kind, in cores (CPU seconds per second). The service has no
+result cache: every request is computed. Writes
 benchmarks/results/stack_cost.{md,png,json}.
 """
 
@@ -42,8 +42,8 @@ def process_kind(pid: int, command: str) -> str:
     if pid == os.getpid():
         return LOAD_GENERATOR
     first = command.split(" ", 1)[0]
-    if first.startswith("ray::"):
-        return first
+    if first.startswith("ray::"):  # an actor's title, with the method it runs now after a dot
+        return first.split(".", 1)[0]
     if first.startswith("ray-dashboard-"):
         return "dashboard head modules (ray-dashboard-*)"
     if "-m serve_app serve" in command:
@@ -74,7 +74,7 @@ def stack_pids(launcher: int) -> set[int]:
 def measure(flags: list[str], idle_seconds: float, load_seconds: float, photos) -> dict:
     log = Path(tempfile.mkdtemp(prefix="stack-cost-")) / "serve.log"
     command = [sys.executable, "-m", "serve_app", "serve", "--config", "configs/cpu.yaml", *flags]
-    env = {"SERVE_APP_WEIGHTS": "standin", "SERVE_APP_RESULT_CACHE": "off"}
+    env = {"SERVE_APP_WEIGHTS": "standin"}
     with running(command, log, env=env) as process:
         wait_ready(BASE_URL, process, 600, healthz_ok)
         time.sleep(5)  # replicas' start-up work settles
@@ -118,7 +118,7 @@ def write_results(measured: dict[str, dict], args) -> str:
         f"- Each variant is `make serve`'s own command on this machine (stand-in weights, configs/cpu.yaml "
         f"fitted to it); cores = CPU seconds per second from /proc, over {args.idle_seconds:g} s with no "
         f"request, then {args.load_seconds:g} s of single-image requests at concurrency {CONCURRENCY} after a "
-        "5 s warm-up. Result cache off (the photos repeat).",
+        "5 s warm-up. No result cache: every request computed.",
         "",
         markdown_table(header, rows),
         "",

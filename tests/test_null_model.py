@@ -61,3 +61,18 @@ def test_grpc_needs_no_metadata_where_one_application_runs(service, shared_image
     images.set_data_from_numpy(np.array([p.read_bytes() for p in shared_images[:2]], dtype=np.object_))
     probabilities = client.infer("resnet18", [images]).as_numpy("probabilities")
     assert list(probabilities.argmax(1)) == [NULL_TOP3[0][0]] * 2
+
+
+def test_grpc_server_reflection_lists_the_inference_service(service):
+    """What grpcurl uses without a .proto file (README)."""
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from serve_app.launch.harness import grpc_address
+
+    with grpc.insecure_channel(grpc_address(CONFIG)) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        [answer] = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                             timeout=30)
+        services = {s.name for s in answer.list_services_response.service}
+    assert "inference.GRPCInferenceService" in services, services

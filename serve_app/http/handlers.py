@@ -30,7 +30,7 @@ from serve_app.http.responses import error_body
 from serve_app.http.scope import note_error
 from serve_app.http.uploads import Upload, parse_top_k, read_body, read_uploads
 from serve_app.labels import imagenet_labels
-from serve_app.settings import BACKENDS, AppSettings
+from serve_app.settings import AppSettings, IngressSettings
 from serve_app.wire import TopK
 
 API_VERSION = "1.0.0"
@@ -53,6 +53,27 @@ async def within(deadline: float, work: Awaitable[T], error: ServiceError) -> T:
         return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
     except asyncio.TimeoutError:
         raise error from None
+
+
+def late_answer(settings: IngressSettings) -> ProcessingTimeoutError:
+    """The error of a request the model did not answer within its deadline (504)."""
+    return ProcessingTimeoutError(
+        f"the model did not answer within the request timeout of {settings.request_timeout_s:g} s: retry later",
+        headers={"Retry-After": str(settings.retry_after_s)},
+    )
+
+
+async def v2_answer(model: ModelClient, request: v2.InferRequest, deadline: float, settings: IngressSettings) -> TopK:
+    """The model's answer to an Open Inference Protocol request, over HTTP or gRPC, within its deadline.
+    A tensor has no place for one row's error, so a request with a refused image fails whole, naming it."""
+    k = request.classification or v2.NUM_CLASSES
+    work = (model.classify(request.images, k, deadline) if request.images is not None
+            else model.classify_pixels(request.pixels, k))
+    answer = await within(deadline, work, late_answer(settings))
+    if answer.errors:
+        row, error = min(answer.errors.items())
+        raise type(error)(f"image {row}: {error.message}")
+    return answer
 
 
 class Api:
@@ -129,19 +150,13 @@ class Api:
 
     async def v2_model(self, request: Request) -> Response:
         backend = (await self._public_model_info(time.monotonic() + self._settings.request_timeout_s))["backend"]
-        return JSONResponse(v2.model_metadata(BACKENDS[backend].platform if backend in BACKENDS else backend))
+        return JSONResponse(v2.model_metadata(backend))
 
     async def v2_infer(self, request: Request) -> Response:
         deadline = time.monotonic() + self._settings.request_timeout_s
         body = await within(deadline, read_body(request, self._settings.max_upload_bytes), self._late_upload())
         parsed = v2.parse_infer_request(body, request.headers.get(v2.HEADER_LENGTH), self._settings.max_images_per_request)
-        k = parsed.classification or v2.NUM_CLASSES
-        work = (self._model.classify(parsed.images, k, deadline) if parsed.images is not None
-                else self._model.classify_pixels(parsed.pixels, k))
-        answer = await self._answer(work, deadline)
-        if answer.errors:  # a tensor has no place for one row's error: the request fails, naming the image
-            row, error = min(answer.errors.items())
-            raise type(error)(f"image {row}: {error.message}")
+        answer = await v2_answer(self._model, parsed, deadline, self._settings)
         content, headers = v2.infer_response(parsed, answer, self._labels)
         return Response(content, headers=headers)
 
@@ -153,12 +168,7 @@ class Api:
 
     async def _answer(self, classified: Awaitable[TopK], deadline: float) -> TopK:
         """The model client's answer, within the request's deadline (504 after it)."""
-        late = ProcessingTimeoutError(
-            f"the model did not answer within the request timeout of {self._settings.request_timeout_s:g} s: "
-            "retry later",
-            headers={"Retry-After": str(self._settings.retry_after_s)},
-        )
-        return await within(deadline, classified, late)
+        return await within(deadline, classified, late_answer(self._settings))
 
     def _late_upload(self) -> ServiceError:
         timeout = self._settings.request_timeout_s

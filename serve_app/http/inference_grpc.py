@@ -27,19 +27,18 @@ from serve_app.errors import (
     InternalError,
     InvalidParameterError,
     ModelUnavailableError,
-    ProcessingTimeoutError,
     ServiceError,
     UnauthorizedError,
     UploadTooLargeError,
 )
 from serve_app.http import inference_protocol as v2
 from serve_app.http.access import key_matches
-from serve_app.http.handlers import within
+from serve_app.http.handlers import v2_answer, within
 from serve_app.http.model_client import ModelClient
 from serve_app.http.presentation import public_model_info
 from serve_app.http.routes import is_open
 from serve_app.labels import imagenet_labels
-from serve_app.settings import BACKENDS, AppSettings
+from serve_app.settings import AppSettings
 
 # The gRPC proxy's servicer (the configs' grpc_options.grpc_servicer_functions).
 SERVICER_FUNCTION = "tritonclient.grpc.service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
@@ -117,7 +116,7 @@ class GrpcInference:
     async def _model_metadata(self, request):
         self._known_model(request.name)
         backend = public_model_info(await self._info(time.monotonic() + self._settings.request_timeout_s))["backend"]
-        metadata = v2.model_metadata(BACKENDS[backend].platform if backend in BACKENDS else backend)
+        metadata = v2.model_metadata(backend)
         tensor = self._pb.ModelMetadataResponse.TensorMetadata
         return self._pb.ModelMetadataResponse(
             name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"],
@@ -129,14 +128,7 @@ class GrpcInference:
         if request.ByteSize() > self._settings.max_upload_bytes:
             raise UploadTooLargeError(f"the request is larger than the limit of {self._settings.max_upload_bytes} bytes")
         parsed = parse_infer_request(request, self._settings.max_images_per_request)
-        k = parsed.classification or v2.NUM_CLASSES
-        work = (self._model.classify(parsed.images, k, deadline) if parsed.images is not None
-                else self._model.classify_pixels(parsed.pixels, k))
-        answer = await within(deadline, work, ProcessingTimeoutError(
-            f"the model did not answer within the request timeout of {self._settings.request_timeout_s:g} s: retry later"))
-        if answer.errors:  # a tensor has no place for one row's error: the request fails, naming the image
-            row, error = min(answer.errors.items())
-            raise type(error)(f"image {row}: {error.message}")
+        answer = await v2_answer(self._model, parsed, deadline, self._settings)
         output, _, raw = v2.output_tensor(parsed, answer, self._labels)
         tensor = self._pb.ModelInferResponse.InferOutputTensor(**output)
         return self._pb.ModelInferResponse(model_name=v2.MODEL_NAME, model_version=v2.MODEL_VERSION,

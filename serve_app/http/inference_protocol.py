@@ -30,6 +30,7 @@ from serve_app.errors import (
 )
 from serve_app.imaging import CROP_SHAPE
 from serve_app.labels import Label
+from serve_app.settings import BACKENDS
 from serve_app.wire import NUM_CLASSES, TopK
 
 PIXELS_SHAPE = "[N, " + ", ".join(map(str, CROP_SHAPE)) + "]"  # as messages and the OpenAPI document say it
@@ -65,11 +66,12 @@ def server_metadata(version: str) -> dict:
     return {"name": "serve-app", "version": version, "extensions": EXTENSIONS}
 
 
-def model_metadata(platform: str) -> dict:
+def model_metadata(backend: str) -> dict:
+    """The model's metadata, with the protocol's name for what runs it (the backend registry's)."""
     return {
         "name": MODEL_NAME,
         "versions": [MODEL_VERSION],
-        "platform": platform,
+        "platform": BACKENDS[backend].platform if backend in BACKENDS else backend,
         "inputs": [
             {"name": IMAGES_INPUT, "datatype": "BYTES", "shape": [-1]},
             {"name": PIXELS_INPUT, "datatype": "UINT8", "shape": [-1, *CROP_SHAPE]},

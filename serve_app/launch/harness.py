@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -38,10 +39,28 @@ REPO = Path(__file__).resolve().parents[2]
 QUICK_SHUTDOWN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 
+# Ports for the services tests and benchmarks start come from a range nothing else here allocates
+# from: under the kernel's ephemeral range (32768-60999), where every process's port-0 sockets land,
+# Ray's replicas' internal gRPC servers among them, and where Serve keeps its direct-ingress gRPC
+# ports (40000-41000); over Ray's worker ports (10002-19999) and under Serve's direct-ingress HTTP
+# ports (30000-31000). A port-0 pick could be taken again by the time the service bound it.
+FREE_PORTS = range(21000, 30000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port of 127.0.0.1 that is free now, and not handed out before by this process."""
+    for port in random.sample(FREE_PORTS, 500):
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {FREE_PORTS.start}-{FREE_PORTS.stop - 1} on 127.0.0.1")
 
 
 def load_config(name: str = "cpu.yaml", source: Path = REPO) -> dict[str, Any]:

@@ -50,9 +50,9 @@ RAY_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "
 # Serve's controller notes replicas that wait this long for resources in the deployment's status
 # message (default 30 s); a local run reads it to fail with an explanation instead of waiting.
 LOCAL_RAY_ENV = {"RAY_SERVE_SLOW_STARTUP_WARNING_S": "10", "RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S": "10"}
-# What one machine serving HTTP does not need, off or slowed unless `--dashboard` asks for Ray's
-# defaults (README, "The fixed price of the stack"). Idle on 2 cores these took the stack from 0.12
-# cores to under 0.05 (benchmarks/results/stack_cost.md): the dashboard's head modules (off,
+# What one machine serving requests does not need, off or slowed unless `--dashboard` asks for
+# Ray's defaults (README, "Lean on one machine"). Idle on 2 cores these took the whole stack from
+# 0.148 cores to 0.072 (benchmarks/results/stack_cost.md): the dashboard's head modules (off,
 # ray.init(include_dashboard=False)), usage stats and task events for the state API (off), idle
 # workers started ahead of need (off), the log monitor's scan for new files (every 5 s, not 10 times a
 # second: with log_to_driver off nobody reads what it forwards), Serve's control loop (1 s, not
