@@ -62,7 +62,6 @@ from serve_app.launch.harness import (
     replica_title,
     serve_run,
 )
-
 from serve_app.settings import ALLOW_NULL_MODEL_ENV_VAR
 
 NULL_APP = "benchmarks.baselines.null_serve:app"

@@ -58,6 +58,13 @@ BACKENDS = {
                         "null_no_inference", measurement_only=True),
 }
 CPU_BACKENDS = tuple(name for name, spec in BACKENDS.items() if not spec.gpu_only and not spec.measurement_only)
+
+
+def measures_only(backend: str) -> bool:
+    """Whether `backend` runs no model (the null model): its answers are for measuring, not classifying."""
+    return backend in BACKENDS and BACKENDS[backend].measurement_only
+
+
 # What `backend: auto` runs, by device: the fastest in benchmarks/results/backends.md on CPU.
 AUTO_BACKENDS = {"cpu": "onnx-int8", "cuda": "cuda-graphs", "mps": "torch"}
 
@@ -175,9 +182,8 @@ class ModelSettings(_Strict):
 
     @model_validator(mode="after")
     def _null_model_only_when_asked(self) -> "ModelSettings":
-        if self.backend in BACKENDS and BACKENDS[self.backend].measurement_only \
-                and environment(ALLOW_NULL_MODEL_ENV_VAR) != "1":
-            classifying = ", ".join(["auto", *(name for name, spec in BACKENDS.items() if not spec.measurement_only)])
+        if measures_only(self.backend) and environment(ALLOW_NULL_MODEL_ENV_VAR) != "1":
+            classifying = ", ".join(["auto", *(name for name in BACKENDS if not measures_only(name))])
             raise ValueError(
                 f"backend {self.backend!r} runs no model and answers the same fixed classes for every image: it "
                 f"exists to measure the serving path alone. Set {ALLOW_NULL_MODEL_ENV_VAR}=1 where a benchmark or "

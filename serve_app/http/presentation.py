@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from serve_app.labels import Label
-from serve_app.settings import BACKENDS
+from serve_app.settings import measures_only
 
 STANDIN_NOTICE = "STAND-IN weights (seeded, not trained on ImageNet): the labels are meaningless."
 NULL_MODEL_NOTICE = ("NULL MODEL (measurement only): no inference ran; every image gets the same fixed classes. "
@@ -34,7 +34,7 @@ def public_model_info(info: dict[str, Any]) -> dict[str, Any]:
         "backend": info["backend"],
         "device": info["device"],
     }
-    no_inference = info["backend"] in BACKENDS and BACKENDS[info["backend"]].measurement_only
+    no_inference = measures_only(info["backend"])
     if no_inference:
         public["null_model"] = True
     notices = [notice for notice, applies in ((NULL_MODEL_NOTICE, no_inference), (STANDIN_NOTICE, weights["standin"]))
