@@ -26,10 +26,14 @@ def key_matches(given: str, keys: Sequence[bytes]) -> bool:
 
 
 def bearer_token(scope: Scope) -> str | None:
-    value = header(scope, b"authorization")
-    if value is None:
+    return bearer(header(scope, b"authorization"))
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value (an HTTP header or gRPC metadata), or None."""
+    if authorization is None:
         return None
-    scheme, _, token = value.partition(" ")
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
 
 

@@ -32,7 +32,7 @@ from serve_app.errors import (
     UploadTooLargeError,
 )
 from serve_app.http import inference_protocol as v2
-from serve_app.http.access import key_matches
+from serve_app.http.access import bearer, key_matches
 from serve_app.http.handlers import v2_answer, within
 from serve_app.http.model_client import ModelClient
 from serve_app.http.presentation import public_model_info
@@ -156,11 +156,10 @@ class GrpcInference:
     def _check_key(self, rpc: str, context) -> None:
         if not self._keys or is_open(HTTP_TWINS[rpc]):
             return
-        value = dict(context.invocation_metadata()).get("authorization")
-        scheme, _, token = (value or "").partition(" ")
-        if value is None or scheme.lower() != "bearer":
+        token = bearer(dict(context.invocation_metadata()).get("authorization"))
+        if token is None:
             raise UnauthorizedError("this service needs an API key: send `authorization: Bearer <key>` metadata")
-        if not key_matches(token.strip(), self._keys):
+        if not key_matches(token, self._keys):
             raise UnauthorizedError("the API key is not valid")
 
     def _known_model(self, name: str) -> None:
