@@ -29,9 +29,12 @@ SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 FAIL_FIRST_BATCHES_ENV_VAR = "SERVE_APP_TEST_FAIL_FIRST_BATCHES"
 # Measurement only: `backend: null` is refused unless this is "1" (benchmarks and tests set it).
 ALLOW_NULL_MODEL_ENV_VAR = "SERVE_APP_ALLOW_NULL_MODEL"
+# Where `python -m serve_app serve` has Ray export Prometheus metrics (default: Ray's own 8080).
+METRICS_PORT_ENV_VAR = "SERVE_APP_METRICS_PORT"
+DEFAULT_METRICS_PORT = 8080
 # Every variable the service reads, and those whose values are secrets (never printed).
 SERVICE_ENV_VARS = (WEIGHTS_ENV_VAR, ARTIFACTS_ENV_VAR, API_KEYS_ENV_VAR, CALIBRATION_ENV_VAR, CACHE_ENV_VAR,
-                    FAIL_FIRST_BATCHES_ENV_VAR, ALLOW_NULL_MODEL_ENV_VAR)
+                    FAIL_FIRST_BATCHES_ENV_VAR, ALLOW_NULL_MODEL_ENV_VAR, METRICS_PORT_ENV_VAR)
 SECRET_ENV_VARS = (API_KEYS_ENV_VAR,)
 
 

@@ -29,6 +29,7 @@ from serve_app.launch.launcher import (
     RAY_ENV,  # what `python -m serve_app serve` sets; baselines pass env={}
 )
 from serve_app.launch.processes import kill_all, processes
+from serve_app.settings import METRICS_PORT_ENV_VAR
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,11 +158,12 @@ def serve_run(
     workdir = Path(tempfile.mkdtemp(prefix="serve-app-test-"))
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    env = {**QUICK_SHUTDOWN_ENV, **(RAY_ENV if env is None else env)}
     if launcher:
         command = [sys.executable, "-m", "serve_app", "serve", "--config", str(config_path), "--as-written"]
+        env.setdefault(METRICS_PORT_ENV_VAR, str(free_port()))
     else:
         command = [str(Path(sys.executable).with_name("serve")), "run", str(config_path)]
-    env = {**QUICK_SHUTDOWN_ENV, **(RAY_ENV if env is None else env)}
     if source != REPO:
         env["PYTHONPATH"] = str(source)
     with running(command, workdir / "serve.log", env, cwd=source) as process:

@@ -36,7 +36,14 @@ from serve_app.launch.fitting import (
 )
 from serve_app.launch.processes import descendants, kill_all
 from serve_app.model.weights import weights_for
-from serve_app.settings import SECRET_ENV_VARS, SERVICE_ENV_VARS, AppSettings
+from serve_app.settings import (
+    DEFAULT_METRICS_PORT,
+    METRICS_PORT_ENV_VAR,
+    SECRET_ENV_VARS,
+    SERVICE_ENV_VARS,
+    AppSettings,
+    environment,
+)
 
 # Ray Serve's high-throughput settings, as Ray's KubeRay guide recommends (Ray >= 2.56):
 # - throughput-optimized mode: replicas talk over gRPC directly, user code runs on the replica's
@@ -109,10 +116,12 @@ def serve_locally(config_path: Path, *, fit: bool = True, dashboard: bool = Fals
     http = config.get("http_options") or {}
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
     grpc_port = grpc_port_of(config)
-    for taken, setting in ((port, "http_options.port"), (grpc_port, "grpc_options.port")):
+    metrics_port = int(environment(METRICS_PORT_ENV_VAR) or DEFAULT_METRICS_PORT)
+    for taken, setting in ((port, f"http_options.port in {config_path}"), (grpc_port, f"grpc_options.port in {config_path}"),
+                           (metrics_port, f"{METRICS_PORT_ENV_VAR} (where Prometheus metrics go)")):
         if taken is not None and not port_is_free(host, taken):
             terminal.error(f"port {taken} on {host} is taken (another `make serve`?): stop that, or change "
-                           f"{setting} in {config_path}")
+                           f"{setting}")
             return 2
     try:
         source = weights_for(settings.model)
@@ -130,8 +139,10 @@ def serve_locally(config_path: Path, *, fit: bool = True, dashboard: bool = Fals
         for name, value in local_ray_env(dashboard).items():
             os.environ.setdefault(name, value)
         terminal.say("starting a local Ray" + (" with its dashboard on http://127.0.0.1:8265" if dashboard else ""))
+        # A fixed metrics port, as `ray start --metrics-export-port` gives a cluster's nodes: Prometheus
+        # needs a target, and without the dashboard Ray writes no service-discovery file to find one.
         ray.init(address="local", namespace="serve", log_to_driver=False, logging_level="WARNING",
-                 include_dashboard=dashboard)
+                 include_dashboard=dashboard, _metrics_export_port=metrics_port)
         # Again: ray.init installs a SIGTERM handler of its own, which prints a stack and kills the
         # process without stopping Ray.
         signal.signal(signal.SIGTERM, _interrupt)
@@ -158,6 +169,7 @@ def serve_locally(config_path: Path, *, fit: bool = True, dashboard: bool = Fals
         if grpc_port is not None:
             print(f"  gRPC (inference.GRPCInferenceService, as tritonclient.grpc calls it): {local_host}:{grpc_port}",
                   flush=True)
+        print(f"  Prometheus metrics: http://{local_host}:{metrics_port}/metrics", flush=True)
         keep_reporting(terminal, reported)
     except KeyboardInterrupt:
         terminal.say("stopping")
