@@ -191,11 +191,19 @@ def run_variants(args, photos) -> dict[str, dict]:
         rounds: dict[str, list[dict]] = {name: [] for name in systems}
         for _ in range(args.repeat):
             for name, system in systems.items():
-                replayed = name == "ours" or name.startswith("ours before")
-                measured = measure(system, args.weights, args.seconds, photos, args.images_per_request, replayed)
-                rounds[name].append(with_inference(args, measured, photos, inference=(
-                    "replayed" if replayed else "none" if name in compare.NULL_SYSTEMS else "not measured")))
+                inference = inference_kind(name)
+                measured = measure(system, args.weights, args.seconds, photos, args.images_per_request,
+                                   counts_batches=inference == "replayed")
+                rounds[name].append(with_inference(args, measured, photos, inference))
     return {name: median_of(measured) for name, measured in rounds.items()}
+
+
+def inference_kind(name: str) -> str:
+    """How a variant's inference is known: "replayed" here (ours on the INT8 model, whose replica
+    counts its forward passes), "none" (the null model) or "not measured" apart (a peer's model)."""
+    if name == "ours" or name.startswith("ours before"):
+        return "replayed"
+    return "none" if name in compare.NULL_SYSTEMS else "not measured"
 
 
 def with_inference(args, measured: dict, photos, inference: str) -> dict:

@@ -24,12 +24,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from benchmarks.cpu_share import TICKS_PER_SECOND, cpu_ticks_by_process
 from benchmarks.load import load_photos, sweep
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
 from serve_app.launch.harness import healthz_ok, running, wait_ready
 from serve_app.launch.processes import descendants, processes
 
-TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = 32
 BASE_URL = "http://127.0.0.1:8000"  # configs/cpu.yaml's port, as make serve serves it
 IDLE_TARGET_CORES = 0.05
@@ -51,10 +51,6 @@ def process_kind(pid: int, command: str) -> str:
     words = command.split()
     script = next((w for w in words[1:] if w.endswith(".py")), None) if Path(first).name.startswith("python") else None
     return Path(script or first).name
-
-
-def cpu_ticks() -> dict[int, tuple[int, str]]:
-    return {process.pid: (process.cpu_ticks, process.command) for process in processes()}
 
 
 def cores_by_kind(before: dict, after: dict, seconds: float, stack: set[int]) -> dict[str, float]:
@@ -79,15 +75,15 @@ def measure(flags: list[str], idle_seconds: float, load_seconds: float, photos) 
         wait_ready(BASE_URL, process, 600, healthz_ok)
         time.sleep(5)  # replicas' start-up work settles
         stack = stack_pids(process.pid)
-        before = cpu_ticks()
+        before = cpu_ticks_by_process()
         time.sleep(idle_seconds)
-        idle = cores_by_kind(before, cpu_ticks(), idle_seconds, stack)
+        idle = cores_by_kind(before, cpu_ticks_by_process(), idle_seconds, stack)
         url = BASE_URL + "/v1/classify"
         sweep(url, [CONCURRENCY], photos, seconds=5, label="warm-up")
-        before = cpu_ticks()
+        before = cpu_ticks_by_process()
         started = time.monotonic()
         [result] = sweep(url, [CONCURRENCY], photos, seconds=load_seconds, label="c=32")
-        loaded = cores_by_kind(before, cpu_ticks(), time.monotonic() - started, stack)
+        loaded = cores_by_kind(before, cpu_ticks_by_process(), time.monotonic() - started, stack)
     return {"command": " ".join(["python", *command[1:]]), "idle": idle, "loaded": loaded,
             "req_s": result.req_s, "errors": result.errors}
 
