@@ -18,8 +18,8 @@ the role the process plays. For `ours`, inference is measured apart: the model r
 how many forward passes of each batch size it ran in the window, and the same backend, with the
 replica's thread count, runs those batches again in this process afterwards; the rest of the
 service's CPU is what the request path costs beside inference. With the null model there is no
-inference, so all of a null variant's CPU is its serving path's. The service has no result cache:
-every request is computed. With --before, that commit is checked out into a temporary worktree and served
+inference, so all of a null variant's CPU is its serving path's. The service's result cache is
+off (its photos repeat): every request is computed. With --before, that commit is checked out into a temporary worktree and served
 as `ours` (its own configs/cpu.yaml and launcher). Runs of 20 s on 2 shared cores vary by
 10-15%, so --repeat runs the variants in turn that many rounds and reports each figure's median.
 Writes benchmarks/results/cpu_share.{md,png,json}.
@@ -275,7 +275,7 @@ def write_results(variants: dict[str, dict], seconds: float, command: str, image
         f"warm-up, {next(iter(variants.values()))['rounds']} round(s) of every variant in turn, medians; each "
         "process's user+system CPU time from /proc, divided by the requests answered. Inference (ours): the "
         "replica's forward passes in the window, replayed in the benchmark process with the replica's threads. "
-        "`-` where a role has no process, or where inference was not measured apart. No result cache: every request computed.",
+        "`-` where a role has no process, or where inference was not measured apart. Result cache off (`ingress.cache.enabled: false`): every request computed.",
         "",
         markdown_table(["process", *variants], rows),
         "",

@@ -61,6 +61,7 @@ from serve_app.launch.harness import (
     processes_named,
     replica_title,
     serve_run,
+    without_result_cache,
 )
 from serve_app.settings import ALLOW_NULL_MODEL_ENV_VAR
 
@@ -150,7 +151,7 @@ def ours_config(plan: Plan) -> dict:
         from serve_app.launch.harness import sized_config
 
         return sized_config(free_port(), edit=sized_for_two_cores)
-    config = load_config("gpu.yaml")
+    config = without_result_cache(load_config("gpu.yaml"))
     config["http_options"].update(host="127.0.0.1", port=free_port())
     config["applications"][0]["args"]["model"]["weights"] = "standin"
     return config
@@ -193,7 +194,7 @@ def part_two(plan: Plan, out: Path) -> dict:
 
         fitted = sized_config(free_port(), edit=fast_autoscaling)
     else:
-        config = load_config("cpu.yaml")
+        config = without_result_cache(load_config("cpu.yaml"))
         config["http_options"].update(host="127.0.0.1", port=free_port())
         config["applications"][0]["args"]["model"]["weights"] = "standin"
         fitted = fit_to_machine(config, float(os.cpu_count() or 1), 0.0, "configs/cpu.yaml").config
@@ -271,6 +272,7 @@ def write(run: dict, out: Path) -> None:
     (out / f"run{run['part']}.json").write_text(json.dumps(run, indent=2, default=str))
     device = _device_name(run)
     header = [f"- Device: {device}; host: {machine_line()}", f"- Command: `{command_line()}`",
+              "- Result cache off (`ingress.cache.enabled: false`; the photos repeat): every request is computed.",
               "- DRY RUN on the development machine: these numbers say the script works, nothing about a GPU."
               if run["dry_run"] else "", ""]
     verdicts = markdown_table(["target", "measured", "wanted", "met"],

@@ -4,7 +4,8 @@
     python -m benchmarks.load --url http://127.0.0.1:8001 --path /predict --requests 500 --name flask
 
 Each of `concurrency` asyncio workers keeps one request in flight (multipart field `file`, the
-photos in turn), for --seconds or until --requests have been sent. Reports req/s, images/s,
+photos in turn), for --seconds or until --requests have been sent. The photos repeat, so a service
+answering them from its result cache is refused: serve it with SERVE_APP_RESULT_CACHE=off. Reports req/s, images/s,
 p50/p95/p99 latency and errors by status; writes JSON, a Markdown table and a PNG plot to
 benchmarks/results/load-<name>.*.
 """
@@ -26,7 +27,7 @@ import numpy as np
 
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
 from serve_app.imaging import image_files
-from serve_app.settings import SHARED_IMAGES
+from serve_app.settings import RESULT_CACHE_ENV_VAR, SHARED_IMAGES
 
 
 @dataclass
@@ -208,11 +209,25 @@ class UploadClient:
         self._reader = self._writer = None
 
 
+def refuse_cached_answers(url: str, photo: tuple[str, bytes]) -> None:
+    """Exit where the service answers a repeated photo from its result cache (X-Cache: hit): these photos
+    repeat, so it would time lookups, not the service. benchmarks/cache.py measures the cache."""
+    import httpx
+
+    for _ in range(2):
+        answer = httpx.post(url, files={"file": (photo[0], photo[1], "image/jpeg")}, timeout=60)
+    if answer.headers.get("X-Cache") == "hit":
+        raise SystemExit(f"{url} answered a repeated photo from its result cache: these photos repeat, so the "
+                         f"numbers would time the cache. Serve it with {RESULT_CACHE_ENV_VAR}=off (or "
+                         "ingress.cache.enabled: false); benchmarks/cache.py measures the cache itself.")
+
+
 def sweep(url: str, levels: list[int], photos, *, seconds=None, requests=None, images_per_request=1,
           warmup: int = 20, label: str = "") -> list[LoadResult]:
     """Run each concurrency level in turn (after a short warm-up) with a progress bar."""
     from tqdm import tqdm
 
+    refuse_cached_answers(url, photos[0])
     asyncio.run(run_load(url, min(8, max(levels)), photos, requests=warmup, images_per_request=images_per_request))
     results = []
     for level in levels:

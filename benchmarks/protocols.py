@@ -8,8 +8,8 @@ and calls it three ways, one photo per request, each through the client its user
 `grpc ModelInfer` (tritonclient.grpc.aio, encoded image as BYTES), `http /v2 infer`
 (tritonclient.http.aio, Triton's binary tensor extension, the same BYTES input) and `http /v1
 classify` (httpx, a multipart upload, top 3). Before timing, each protocol's top-1 class for
-every shared photo must equal /v1's (they run the same model on the same decoding). The service
-has no result cache: every request is computed. Writes
+every shared photo must equal /v1's (they run the same model on the same decoding). The service's
+result cache is off (its photos repeat): every request is computed. Writes
 benchmarks/results/protocols.{md,json,png}.
 """
 
@@ -108,7 +108,7 @@ def write_results(args, series: dict[str, list[LoadResult]], agreement: dict[str
         "- Ours sized for 2 cores (one Ingress, one Classifier replica, ONNX Runtime INT8, `make serve`'s stack), "
         f"stand-in weights; one shared photo per request, {args.seconds:g} s per protocol and concurrency after a "
         "warm-up; the clients (tritonclient.grpc.aio, tritonclient.http.aio, httpx) run on the same cores. "
-        "No result cache: every request computed.",
+        "Result cache off (`ingress.cache.enabled: false`): every request computed.",
         "",
         markdown_table(header, rows),
         "",

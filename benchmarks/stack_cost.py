@@ -8,8 +8,8 @@ this machine, stand-in weights, port 8000) twice: as shipped, and with `--dashbo
 dashboard and Ray's default intervals, what the stack was before). Each time, once every replica
 is up: every process's user+system CPU time from /proc over --idle-seconds with no request at
 all, then over --load-seconds of single-image requests at concurrency 32 (after a 5 s warm-up),
-one line per process kind, in cores (CPU seconds per second). The service has no
-result cache: every request is computed. Writes
+one line per process kind, in cores (CPU seconds per second). The result cache is off
+($SERVE_APP_RESULT_CACHE=off: its photos repeat): every request is computed. Writes
 benchmarks/results/stack_cost.{md,png,json}.
 """
 
@@ -29,6 +29,7 @@ from benchmarks.load import load_photos, sweep
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
 from serve_app.launch.harness import healthz_ok, running, wait_ready
 from serve_app.launch.processes import descendants, processes
+from serve_app.settings import RESULT_CACHE_ENV_VAR
 
 CONCURRENCY = 32
 BASE_URL = "http://127.0.0.1:8000"  # configs/cpu.yaml's port, as make serve serves it
@@ -70,7 +71,7 @@ def stack_pids(launcher: int) -> set[int]:
 def measure(flags: list[str], idle_seconds: float, load_seconds: float, photos) -> dict:
     log = Path(tempfile.mkdtemp(prefix="stack-cost-")) / "serve.log"
     command = [sys.executable, "-m", "serve_app", "serve", "--config", "configs/cpu.yaml", *flags]
-    env = {"SERVE_APP_WEIGHTS": "standin"}
+    env = {"SERVE_APP_WEIGHTS": "standin", RESULT_CACHE_ENV_VAR: "off"}  # its photos repeat: all to the model
     with running(command, log, env=env) as process:
         wait_ready(BASE_URL, process, 600, healthz_ok)
         time.sleep(5)  # replicas' start-up work settles
@@ -114,7 +115,7 @@ def write_results(measured: dict[str, dict], args) -> str:
         f"- Each variant is `make serve`'s own command on this machine (stand-in weights, configs/cpu.yaml "
         f"fitted to it); cores = CPU seconds per second from /proc, over {args.idle_seconds:g} s with no "
         f"request, then {args.load_seconds:g} s of single-image requests at concurrency {CONCURRENCY} after a "
-        "5 s warm-up. No result cache: every request computed.",
+        "5 s warm-up. Result cache off (`SERVE_APP_RESULT_CACHE=off`): every request computed.",
         "",
         markdown_table(header, rows),
         "",

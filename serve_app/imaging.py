@@ -29,6 +29,9 @@ CROP_SHAPE = (CROP_SIZE, CROP_SIZE, 3)  # one image as the model takes it: uint8
 DRAFT_MIN_SIDE = 3 * RESIZE_SIZE
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+# Part of what decides an answer (the result cache's keys): raise it whenever decoding or
+# preprocessing changes the pixels or inputs an upload becomes.
+PREPROCESSING_VERSION = 1
 
 # Past this, resizing the whole image would allocate far more than the crop needs: resize only
 # the crop's source region instead (within one grey level of the reference, and bounded in memory).

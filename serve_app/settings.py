@@ -32,11 +32,12 @@ ALLOW_NULL_MODEL_ENV_VAR = "SERVE_APP_ALLOW_NULL_MODEL"
 # Where `python -m serve_app serve` has Ray export Prometheus metrics (default: Ray's own 8080).
 METRICS_PORT_ENV_VAR = "SERVE_APP_METRICS_PORT"
 DEFAULT_METRICS_PORT = 8080
+# "off" turns the ingress's result cache off whatever the config says (benchmarks set it: their photos repeat).
+RESULT_CACHE_ENV_VAR = "SERVE_APP_RESULT_CACHE"
 # Every variable the service reads, and those whose values are secrets (never printed).
 SERVICE_ENV_VARS = (WEIGHTS_ENV_VAR, ARTIFACTS_ENV_VAR, API_KEYS_ENV_VAR, CALIBRATION_ENV_VAR, CACHE_ENV_VAR,
-                    FAIL_FIRST_BATCHES_ENV_VAR, ALLOW_NULL_MODEL_ENV_VAR, METRICS_PORT_ENV_VAR)
+                    FAIL_FIRST_BATCHES_ENV_VAR, ALLOW_NULL_MODEL_ENV_VAR, METRICS_PORT_ENV_VAR, RESULT_CACHE_ENV_VAR)
 SECRET_ENV_VARS = (API_KEYS_ENV_VAR,)
-
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,14 @@ PrecisionName = Literal["fp16", "bf16", "fp32"]
 def environment(var: str) -> str | None:
     """One of the service's environment variables, or None when unset or empty."""
     return os.environ.get(var) or None
+
+
+def result_cache_switched_off() -> bool:
+    """Whether $SERVE_APP_RESULT_CACHE turns the result cache off ("off"; "on" or unset: as configured)."""
+    value = (environment(RESULT_CACHE_ENV_VAR) or "on").strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"{RESULT_CACHE_ENV_VAR} must be 'on' or 'off', got {value!r}")
+    return value == "off"
 
 
 def resolve_device(device: DeviceName) -> Literal["cpu", "cuda", "mps"]:
@@ -201,6 +210,29 @@ class ModelSettings(_Strict):
         return AUTO_BACKENDS[self.device if self.device != "auto" else (device or resolve_device("auto"))]
 
 
+class CacheSettings(_Strict):
+    """The ingress's result cache: answers to uploads it has seen, keyed by their bytes' sha256 and what
+    decides the answer (serve_app/http/result_cache.py)."""
+
+    enabled: bool = Field(
+        True, description=f"Answer repeated uploads from the cache. ${RESULT_CACHE_ENV_VAR}=off turns it off "
+                          "without editing the config.")
+    max_bytes: int = Field(
+        64 * 1024 * 1024, ge=0,
+        description="In process: the most bytes of answers kept per ingress replica, least recently used "
+                    "dropped first (an answer is about 6 KB: every class's rank, so a hit serves any top_k).")
+    ttl_s: float = Field(3600.0, gt=0, le=30 * 24 * 3600, description="How long an answer stays in the cache.")
+    redis_url: str | None = Field(
+        None, pattern=r"^(redis|rediss|unix)://",
+        description="Keep answers in this Redis (redis://host:6379/0) instead of in process, so all ingress "
+                    "replicas share hits. Redis down or slow never fails a request: it counts a miss.")
+    redis_timeout_s: float = Field(
+        0.05, gt=0, le=5,
+        description="Longest wait for Redis on a request; after a failure Redis is skipped for "
+                    "redis_retry_s before it is tried again.")
+    redis_retry_s: float = Field(1.0, gt=0, le=600, description="How long Redis is skipped after it failed.")
+
+
 class IngressSettings(_Strict):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body accepted (413 above).")
     max_image_pixels: int = Field(
@@ -238,6 +270,7 @@ class IngressSettings(_Strict):
         default_factory=list,
         description="Origins whose pages may call the API from a browser (CORS); none by default. '*' allows any.",
     )
+    cache: CacheSettings = CacheSettings()
 
     @property
     def decode_limits(self) -> DecodeLimits:
@@ -273,6 +306,9 @@ class AppSettings(_Strict):
         if environment(API_KEYS_ENV_VAR):
             keys = [key.strip() for key in environment(API_KEYS_ENV_VAR).split(",") if key.strip()]
             settings = settings.model_copy(update={"auth": AuthSettings(api_keys=keys)})
+        if result_cache_switched_off():
+            cache = settings.ingress.cache.model_copy(update={"enabled": False})
+            settings = settings.model_copy(update={"ingress": settings.ingress.model_copy(update={"cache": cache})})
         return settings
 
 

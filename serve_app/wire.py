@@ -51,6 +51,11 @@ class TopK:
     indices: np.ndarray  # int32 (n, k)
     scores: np.ndarray  # float32 (n, k) probabilities
     errors: dict[int, ServiceError] = field(default_factory=dict)  # image -> why it has no answer
+    # Set by the model replica: a digest of what decided these answers (weights, backend, artifact,
+    # decoding), which the ingress's result cache keys them with.
+    identity: str = ""
+    # Set by the ingress's result cache, where it is on: which images it answered without the model.
+    cached: tuple[bool, ...] = ()
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Iterator
 
 import numpy as np
@@ -22,6 +23,7 @@ from starlette.testclient import TestClient
 from serve_app.errors import ServiceError
 from serve_app.http.api import build_app
 from serve_app.http.model_client import RayModelClient
+from serve_app.http.result_cache import with_result_cache
 from serve_app.imaging import load_image
 from serve_app.launch.harness import free_port
 from serve_app.model.top_k import top_k_rows
@@ -61,13 +63,15 @@ class _ByReference:
 
 
 class FakeModelHandle:
-    def __init__(self, failures: list[BaseException] | None = None, delay_s: float = 0.0, info_delay_s: float = 0.0):
+    def __init__(self, failures: list[BaseException] | None = None, delay_s: float = 0.0, info_delay_s: float = 0.0,
+                 identity: str = "fake-model-1"):
         self.calls: list[list[ImageBatch]] = []  # each model call: the requests it carried
         self.by_reference: list[bool] = []  # per call: whether it went through the object store
         self.failures = list(failures or [])
         self.delay_s = delay_s
         self.gate: asyncio.Event | None = None  # when set, every call waits until it opens
         self.info_delay_s = info_delay_s
+        self.identity = identity  # the answer identity a replica stamps on its answers (what decided them)
         self.classify = _Method(self._classify)
         self.info = _Method(self._info)
 
@@ -86,7 +90,7 @@ class FakeModelHandle:
         if self.failures and (failure := self.failures.pop(0)) is not None:  # None: this call succeeds
             raise failure
         await asyncio.sleep(self.delay_s)
-        return [answer(batch) for batch in batches]
+        return [replace(answer(batch), identity=self.identity) for batch in batches]
 
     async def _info(self) -> dict:
         await asyncio.sleep(self.info_delay_s)
@@ -116,16 +120,23 @@ class RecordingMetrics:
 
     def __init__(self):
         self.requests, self.rejections, self.decode_seconds = RequestCounts(), Counter(), []
+        self.cache_lookups = Counter()
 
     def rejected(self, reason: str) -> None:
         self.rejections[reason] += 1
 
+    def cache_lookup(self, outcome: str) -> None:
+        self.cache_lookups[outcome] += 1
 
-def client_for(handle=None, **args) -> tuple[TestClient, FakeModelHandle, RecordingMetrics]:
-    """The HTTP app with these settings (`args`, as a config's), in process over the fake handle."""
+
+def client_for(handle=None, result_cache: bool = False, **args) -> tuple[TestClient, FakeModelHandle, RecordingMetrics]:
+    """The HTTP app with these settings (`args`, as a config's), in process over the fake handle; behind
+    the result cache of the settings where `result_cache` (as the Ingress deployment has it)."""
     settings = AppSettings.model_validate(args)
     handle, metrics = handle or FakeModelHandle(), RecordingMetrics()
     model = RayModelClient(handle, settings, on_decoded=metrics.decode_seconds.append)
+    if result_cache:
+        model = with_result_cache(model, settings, on_lookup=metrics.cache_lookup)
     return TestClient(build_app(model, settings, metrics), raise_server_exceptions=False), handle, metrics
 
 

@@ -75,6 +75,17 @@ def test_service_is_valid_kubernetes_and_selects_our_pods():
     assert selector.items() <= labels.items()
 
 
+def test_the_result_caches_redis_is_valid_kubernetes_and_evicts_as_a_cache_does():
+    documents = list(yaml.safe_load_all((REPO / "k8s" / "redis.yaml").read_text()))
+    for document in documents:
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+    deployment, service = documents
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "allkeys-lru" and args[args.index("--save") + 1] == ""
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert "redis_url: redis://resnet18-result-cache:6379/0" in (REPO / "k8s" / "redis.yaml").read_text()
+
+
 def test_invalid_pod_template_is_caught():
     broken = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"},
               "template": {"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": ["two"]}}}]}}}

@@ -155,6 +155,10 @@ def test_with_its_cache_it_is_ready_within_a_minute_answers_and_sigterm_stops_ev
                               timeout=30)
         assert response.status_code == 200, response.text
         assert len(response.json()["predictions"]) == 3
+        again = httpx.post(f"{BASE_URL}/v1/classify?top_k=3", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")},
+                           timeout=30)
+        assert again.headers["X-Cache"] == "hit", "the shipped config answers a repeat from its result cache"
+        assert again.json() == response.json()
         page = httpx.get(f"{BASE_URL}/", timeout=10)
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert "<html" in page.text.lower()

@@ -20,6 +20,7 @@ from serve_app.errors import ServiceError
 from serve_app.http.handlers import API_VERSION
 from serve_app.http.inference_grpc import HTTP_TWINS, GrpcInference
 from serve_app.http.model_client import RayModelClient
+from serve_app.http.result_cache import with_result_cache
 from serve_app.http.routes import is_open
 from serve_app.imaging import load_image
 from serve_app.labels import imagenet_labels
@@ -41,6 +42,7 @@ class Context:
     def __init__(self, metadata: dict[str, str] | None = None):
         self._metadata = list((metadata or {}).items())
         self.status, self.details = None, None
+        self.trailing_metadata: list[tuple[str, str]] = []
 
     def invocation_metadata(self):
         return self._metadata
@@ -51,11 +53,17 @@ class Context:
     def set_details(self, details):
         self.details = details
 
+    def set_trailing_metadata(self, metadata):
+        self.trailing_metadata = list(metadata)
 
-def service(handle=None, **args) -> tuple[GrpcInference, FakeModelHandle]:
+
+def service(handle=None, result_cache: bool = False, **args) -> tuple[GrpcInference, FakeModelHandle]:
     settings = AppSettings.model_validate(args)
     handle = handle or FakeModelHandle()
-    return GrpcInference(RayModelClient(handle, settings), settings, API_VERSION), handle
+    model = RayModelClient(handle, settings)
+    if result_cache:
+        model = with_result_cache(model, settings)
+    return GrpcInference(model, settings, API_VERSION), handle
 
 
 def call(grpc_service: GrpcInference, rpc: str, request, metadata=None):
@@ -87,6 +95,18 @@ def test_model_infer_answers_probabilities_for_encoded_images_in_one_model_call(
     probabilities = np.frombuffer(answer.raw_output_contents[0], dtype=np.float32).reshape(3, 1000)
     assert list(probabilities.argmax(1)) == [expected_class(load_image(p, max_pixels=10**9)) for p in photos]
     assert answer.id == "r7" and answer.model_name == "resnet18" and len(handle.calls) == 1
+
+
+def test_a_repeated_image_is_a_hit_said_in_trailing_metadata_with_the_same_probabilities(shared_images):
+    grpc_service, handle = service(result_cache=True)
+    photos = [p.read_bytes() for p in shared_images[:2]]
+    first, context = call(grpc_service, "ModelInfer", infer_request(photos))
+    assert context.trailing_metadata == [("x-cache", "miss")]
+    again, context = call(grpc_service, "ModelInfer", infer_request(photos))
+    assert context.status is None and context.trailing_metadata == [("x-cache", "hit")]
+    assert again.raw_output_contents == first.raw_output_contents and len(handle.calls) == 1
+    ranked, context = call(grpc_service, "ModelInfer", infer_request(photos[:1], classification=3))
+    assert context.trailing_metadata == [("x-cache", "hit")] and len(handle.calls) == 1
 
 
 def test_the_classification_extension_answers_score_index_label_strings(shared_images):

@@ -1,7 +1,8 @@
 """The route handlers: what each HTTP route does, from the request to its JSON answer.
 
 A classification reads top to bottom: read the uploads (uploads.py, bounded in size and time), have
-the model client decode and classify them as one call (model_client.py), then label the top k
+the model client decode and classify them as one call (model_client.py; images it has answered
+before come from the result cache in front of it, result_cache.py), then label the top k
 (presentation.py). Every refusal is a ServiceError, raised here and rendered in one place (responses.py).
 Knows nothing of Ray; never imports torch.
 """
@@ -25,7 +26,7 @@ from serve_app.errors import (
 )
 from serve_app.http import inference_protocol as v2
 from serve_app.http.model_client import ModelClient
-from serve_app.http.presentation import labelled, public_model_info
+from serve_app.http.presentation import cache_headers, labelled, public_model_info
 from serve_app.http.responses import error_body
 from serve_app.http.scope import note_error
 from serve_app.http.uploads import Upload, parse_top_k, read_body, read_uploads
@@ -97,7 +98,7 @@ class Api:
         else:
             body = {"results": [self._result_entry(request, upload, answer, i) for i, upload in enumerate(uploads)]}
         body["model"] = await self._public_model_info(deadline)
-        return JSONResponse(body)
+        return JSONResponse(body, headers=cache_headers(answer))
 
     async def predict(self, request: Request) -> Response:
         """The original design's route: one `file`, top-3 as [{"label", "score"}]."""
@@ -106,7 +107,8 @@ class Api:
         if len(uploads) != 1:
             raise TooManyImagesError("/predict takes exactly one `file`; use /v1/classify for several")
         answer = await self._answer(self._model.classify([uploads[0].data], 3, deadline), deadline)
-        return JSONResponse([{"label": p["label"], "score": p["score"]} for p in self._predictions(answer, 0)])
+        return JSONResponse([{"label": p["label"], "score": p["score"]} for p in self._predictions(answer, 0)],
+                            headers=cache_headers(answer))
 
     async def healthz(self, request: Request) -> Response:
         try:
@@ -117,8 +119,9 @@ class Api:
                 status_code=503,
             )
         self._model_info = public_model_info(info)
-        return JSONResponse({"status": "ok", "model": self._model_info, "replica": info,
-                             "ingress": self._model.call_stats()})
+        # A model client without the result cache (it is off) says nothing of one.
+        ingress = {"cache": {"enabled": False}, **self._model.call_stats()}
+        return JSONResponse({"status": "ok", "model": self._model_info, "replica": info, "ingress": ingress})
 
     async def labels(self, request: Request) -> Response:
         labels = [{"index": x.index, "label": x.label, "label_zh": x.label_zh} for x in self._labels]
@@ -158,7 +161,7 @@ class Api:
         parsed = v2.parse_infer_request(body, request.headers.get(v2.HEADER_LENGTH), self._settings.max_images_per_request)
         answer = await v2_answer(self._model, parsed, deadline, self._settings)
         content, headers = v2.infer_response(parsed, answer, self._labels)
-        return Response(content, headers=headers)
+        return Response(content, headers={**headers, **cache_headers(answer)})
 
     # ---- the stages every classification goes through ----------------------------------------------
 

@@ -35,7 +35,7 @@ from serve_app.http import inference_protocol as v2
 from serve_app.http.access import bearer, key_matches
 from serve_app.http.handlers import v2_answer, within
 from serve_app.http.model_client import ModelClient
-from serve_app.http.presentation import public_model_info
+from serve_app.http.presentation import cache_headers, public_model_info
 from serve_app.http.routes import is_open
 from serve_app.labels import imagenet_labels
 from serve_app.settings import AppSettings
@@ -95,7 +95,7 @@ class GrpcInference:
                                   lambda: self._model_metadata(request))
 
     async def ModelInfer(self, request, context):
-        return await self._answer("ModelInfer", context, self._pb.ModelInferResponse, lambda: self._infer(request))
+        return await self._answer("ModelInfer", context, self._pb.ModelInferResponse, lambda: self._infer(request, context))
 
     # ---- what each RPC does ----------------------------------------------------------------------
 
@@ -122,7 +122,7 @@ class GrpcInference:
             name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"],
             inputs=[tensor(**t) for t in metadata["inputs"]], outputs=[tensor(**t) for t in metadata["outputs"]])
 
-    async def _infer(self, request):
+    async def _infer(self, request, context):
         deadline = time.monotonic() + self._settings.request_timeout_s
         self._known_model(request.model_name)
         if request.ByteSize() > self._settings.max_upload_bytes:
@@ -130,6 +130,7 @@ class GrpcInference:
         parsed = parse_infer_request(request, self._settings.max_images_per_request)
         answer = await v2_answer(self._model, parsed, deadline, self._settings)
         output, _, raw = v2.output_tensor(parsed, answer, self._labels)
+        context.set_trailing_metadata([(name.lower(), value) for name, value in cache_headers(answer).items()])
         tensor = self._pb.ModelInferResponse.InferOutputTensor(**output)
         return self._pb.ModelInferResponse(model_name=v2.MODEL_NAME, model_version=v2.MODEL_VERSION,
                                            id=parsed.id or "", outputs=[tensor], raw_output_contents=[raw])

@@ -1,5 +1,5 @@
 """The ingress deployment: a thin Ray Serve shell around the HTTP app (api.py), the gRPC service
-(inference_grpc.py) and the model client they share.
+(inference_grpc.py) and the model client they share, behind the result cache (result_cache.py).
 
 Everything about HTTP lives in the app that api.py assembles, and everything about gRPC in
 GrpcInference, both tested without Ray; this class only wires them to the model deployment's
@@ -17,6 +17,7 @@ from serve_app.http.api import build_app
 from serve_app.http.handlers import API_VERSION
 from serve_app.http.inference_grpc import GrpcInference
 from serve_app.http.model_client import RayModelClient
+from serve_app.http.result_cache import with_result_cache
 from serve_app.http.telemetry import IngressMetrics
 from serve_app.settings import AppSettings
 
@@ -27,6 +28,7 @@ class Ingress:
     def __init__(self, classifier: DeploymentHandle, settings: AppSettings):
         metrics = IngressMetrics()
         model = RayModelClient(classifier, settings, on_decoded=metrics.decode_seconds.observe, on_call=metrics.model_call)
+        model = with_result_cache(model, settings, on_lookup=metrics.cache_lookup)
         self._app = build_app(model, settings, metrics)
         self._grpc = GrpcInference(model, settings, API_VERSION, on_answer=metrics.grpc_answer)
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from serve_app.labels import Label
 from serve_app.settings import measures_only
+from serve_app.wire import TopK
 
 STANDIN_NOTICE = "STAND-IN weights (seeded, not trained on ImageNet): the labels are meaningless."
 NULL_MODEL_NOTICE = ("NULL MODEL (measurement only): no inference ran; every image gets the same fixed classes. "
@@ -21,6 +22,14 @@ def labelled(indices: np.ndarray, scores: np.ndarray, labels: Sequence[Label]) -
         {"index": int(i), "label": labels[i].label, "label_zh": labels[i].label_zh, "score": float(s)}
         for i, s in zip(indices, scores)
     ]
+
+
+def cache_headers(answer: TopK) -> dict[str, str]:
+    """X-Cache: `hit` when the result cache answered every image of the request (from the store, or from
+    another request's computation in flight), `miss` when the model computed any; none with no cache."""
+    if not answer.cached:
+        return {}
+    return {"X-Cache": "hit" if all(answer.cached) else "miss"}
 
 
 def public_model_info(info: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,11 @@ class IngressMetrics:
         self.images_per_call = metrics.Histogram(
             "serve_app_images_per_call", description="Images in one model call.", boundaries=BATCH_SIZE_BUCKETS
         )
+        self.cache_lookups = metrics.Counter(
+            "serve_app_result_cache_lookups", description="Images looked up in the result cache, by outcome "
+            "(hit: answered without the model, from the store or a computation in flight; miss).",
+            tag_keys=("outcome",),
+        )
         self.grpc_requests = metrics.Counter(
             "serve_app_grpc_requests", description="gRPC calls answered, by RPC and status code.",
             tag_keys=("rpc", "code"),
@@ -51,6 +56,9 @@ class IngressMetrics:
 
     def rejected(self, reason: str) -> None:
         self.rejected_uploads.inc(tags={"reason": reason})
+
+    def cache_lookup(self, outcome: str) -> None:
+        self.cache_lookups.inc(tags={"outcome": outcome})
 
     def grpc_answer(self, rpc: str, code: str) -> None:
         self.grpc_requests.inc(tags={"rpc": rpc, "code": code})

@@ -87,9 +87,11 @@ def sized_config(
     classifier_cpus: float = 0.5,
     edit: Callable[[dict[str, Any]], None] | None = None,
     source: Path = REPO,
+    result_cache: bool = False,
 ) -> dict[str, Any]:
     """configs/cpu.yaml (of this checkout, or of `source`), sized for 2 cores and bound to 127.0.0.1:port
-    (its gRPC port, where it has one, to a free port: grpc_port() reads it)."""
+    (its gRPC port, where it has one, to a free port: grpc_port() reads it). Its result cache is off
+    unless `result_cache`: tests and benchmarks send the same photos again and again, to the model."""
     config = copy.deepcopy(load_config(source=source))
     config["http_options"].update(host="127.0.0.1", port=port)
     if "grpc_options" in config:
@@ -99,10 +101,20 @@ def sized_config(
         config["applications"][0]["args"]["model"]["backend"] = backend
     deployment(config, "Ingress")["ray_actor_options"]["num_cpus"] = ingress_cpus
     deployment(config, "Classifier")["ray_actor_options"]["num_cpus"] = classifier_cpus
+    if not result_cache:
+        without_result_cache(config)
     if edit:
         edit(config)
     return config
 
+
+def without_result_cache(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with every application's result cache off (a config from before the cache has none)."""
+    for application in config["applications"]:
+        cache = application.get("args", {}).get("ingress", {}).get("cache")
+        if cache is not None:
+            cache["enabled"] = False
+    return config
 
 
 def replica_title(deployment_name: str, application: str = "classifier") -> str:

@@ -220,6 +220,12 @@ def verified_artifact(folder: Path, source: WeightsSource, backend: str) -> Path
     return path
 
 
+def recorded_sha256(path: Path) -> str:
+    """The sha256 the manifest beside a verified artifact (artifact_path's answer) records for it."""
+    manifest = json.loads((path.parent / MANIFEST).read_text())
+    return next(entry["sha256"] for entry in manifest["artifacts"].values() if entry["file"] == path.name)
+
+
 def artifact_path(settings: ModelSettings, source: WeightsSource, backend: str, progress: Progress | None = None) -> Path:
     """A verified artifact for `backend`; built into the cache first when missing, reporting each
     step to `progress` when given."""

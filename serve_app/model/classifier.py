@@ -18,16 +18,20 @@ over time, as the custom metric the model deployment autoscales on (serve_app/mo
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import math
 import time
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import ray
 from ray import serve
 
 from serve_app.errors import ServiceError
+from serve_app.imaging import PREPROCESSING_VERSION
 from serve_app.model.autoscaling import IMAGES_IN_FLIGHT, TimeAverage
 from serve_app.model.backends import choose_backend, load_backend
 from serve_app.model.metrics import ModelMetrics
@@ -82,6 +86,8 @@ class Classifier:
 
             self._decode_device = torch.device(self._backend.device)
         self._info["decodes_jpeg"] = self._decode_device is not None
+        self._info["answer_identity"] = answer_identity(self._info, self._backend.artifact_sha256, settings,
+                                                        decode_limits)
 
     def reconfigure(self, user_config: dict) -> None:
         batch = BatchSettings.model_validate(user_config or {})
@@ -136,7 +142,8 @@ class Classifier:
                     rows[at] = row
         answers, start = [], 0
         for request in requests:
-            answers.append(top_k_rows(rows[start : start + len(request)], request.k))
+            answers.append(replace(top_k_rows(rows[start : start + len(request)], request.k),
+                                   identity=self._info["answer_identity"]))
             start += len(request)
         return answers
 
@@ -168,6 +175,23 @@ class Classifier:
     def info(self) -> dict:
         sizes = {str(size): count for size, count in sorted(self._batch_sizes.items())}
         return {**self._info, "batching": {**self._batch.model_dump(), "batch_sizes": sizes}}
+
+
+def answer_identity(info: dict, artifact_sha256: str | None, settings: ModelSettings,
+                    decode_limits: DecodeLimits) -> str:
+    """A digest of what decides this replica's answer to an image: the weights, the backend and the
+    file it runs, the device and precision, and how it decodes where it does. Every answer carries it,
+    and the ingress's result cache keys answers with it: answers made by other weights or another
+    backend are never served for this one's, even from a Redis shared through a rolling update."""
+    decides = {
+        "weights_sha256": info["weights"]["sha256"],
+        "backend": info["backend"],
+        "artifact_sha256": artifact_sha256,
+        "device": info["device"],
+        "precision": settings.precision if info["backend"] == "cuda-graphs" else None,
+        "decoding": [PREPROCESSING_VERSION, decode_limits.draft] if info["decodes_jpeg"] else None,
+    }
+    return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:

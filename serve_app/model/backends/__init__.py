@@ -25,6 +25,7 @@ from serve_app.settings import (
 class Backend(Protocol):
     name: str
     device: str
+    artifact_sha256: str | None  # the exported file it runs (part of what decides its answers), if any
 
     def infer(self, images: np.ndarray) -> np.ndarray: ...
 
@@ -87,7 +88,7 @@ class FailingFirst:
 
     def __init__(self, backend: Backend, failures: int):
         self._backend, self._failures = backend, failures
-        self.name, self.device = backend.name, backend.device
+        self.name, self.device, self.artifact_sha256 = backend.name, backend.device, backend.artifact_sha256
         self.max_batch_size = getattr(backend, "max_batch_size", None)
 
     def infer(self, images):

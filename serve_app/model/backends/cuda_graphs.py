@@ -92,6 +92,7 @@ def _replayer(graph, static_input: torch.Tensor, static_output: torch.Tensor, ne
 
 class CudaGraphsBackend:
     name = "cuda-graphs"
+    artifact_sha256 = None  # runs from the weights themselves
 
     def __init__(self, settings: ModelSettings, source: WeightsSource, threads: int):
         if not torch.cuda.is_available():

@@ -17,6 +17,7 @@ NULL_LOGITS = -np.arange(NUM_CLASSES, dtype=np.float32) / 100
 
 class NullBackend:
     name = "null"
+    artifact_sha256 = None  # runs no file (and no model)
 
     def __init__(self, settings: ModelSettings, source: WeightsSource, threads: int):
         self.device = resolve_device(settings.device)  # replicas that decode still decode there

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from serve_app.model.artifacts import INPUT_NAME, OUTPUT_NAME, artifact_path
+from serve_app.model.artifacts import INPUT_NAME, OUTPUT_NAME, artifact_path, recorded_sha256
 from serve_app.model.weights import WeightsSource
 from serve_app.settings import ModelSettings, resolve_device
 
@@ -30,6 +30,7 @@ class OnnxRuntimeBackend:
         wants_cuda = resolve_device(settings.device) == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
         path = artifact_path(settings, source, self.name)
+        self.artifact_sha256 = recorded_sha256(path)
         self._session = ort.InferenceSession(str(path), options, providers=providers)
         self.device = "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 

@@ -12,6 +12,7 @@ from serve_app.settings import ModelSettings
 
 class TorchEagerBackend:
     name = "torch"
+    artifact_sha256 = None  # runs from the weights themselves
 
     def __init__(self, settings: ModelSettings, source: WeightsSource, threads: int):
         torch.set_num_threads(threads)

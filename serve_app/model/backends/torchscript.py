@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from serve_app.model.artifacts import artifact_path
+from serve_app.model.artifacts import artifact_path, recorded_sha256
 from serve_app.model.network import torch_device
 from serve_app.model.weights import WeightsSource
 from serve_app.settings import ModelSettings
@@ -18,7 +18,9 @@ class TorchScriptBackend:
         torch.set_num_threads(threads)
         self._device = torch_device(settings.device)
         self.device = self._device.type
-        self._module = torch.jit.load(str(artifact_path(settings, source, self.name)), map_location=self._device)
+        path = artifact_path(settings, source, self.name)
+        self.artifact_sha256 = recorded_sha256(path)
+        self._module = torch.jit.load(str(path), map_location=self._device)
 
     def infer(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
