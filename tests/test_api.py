@@ -185,6 +185,16 @@ def backend_failure() -> Exception:
     return RayTaskError("Classifier.classify", "Traceback ...", RuntimeError("CUDA out of memory"))
 
 
+@pytest.mark.parametrize("request_log, logged_statuses", [("errors", [415]), ("all", [200, 415])])
+def test_the_request_log_has_failed_requests_or_every_one(shared_images, caplog, request_log, logged_statuses):
+    client, _, metrics = client_for(ingress={"request_log": request_log})
+    with client, caplog.at_level(logging.INFO, logger="ray.serve"):
+        assert client.post("/v1/classify", files=[upload(shared_images[0])]).status_code == 200
+        assert client.post("/v1/classify", files={"file": ("x.jpg", b"not an image")}).status_code == 415
+    assert [r.serve_app["status"] for r in caplog.records if hasattr(r, "serve_app")] == logged_statuses
+    assert metrics.requests == {("/v1/classify", "200"): 1, ("/v1/classify", "415"): 1}, "each counted either way"
+
+
 def test_a_failed_forward_pass_is_a_500_in_each_routes_shape_and_the_next_requests_succeed(shared_images, caplog):
     client, handle, metrics = client_for(FakeModelHandle([backend_failure(), backend_failure()]))
     photo = shared_images[0].read_bytes()
@@ -255,8 +265,10 @@ def test_multipart_forms_are_closed_after_reading(api, shared_images, monkeypatc
 
     monkeypatch.setattr(FormData, "close", counting_close)
     client, _, _ = api
-    assert client.post("/v1/classify", files=[upload(shared_images[0]), upload(shared_images[1])]).status_code == 200
-    assert client.post("/v1/classify", files={"other": ("a.jpg", b"x", "image/jpeg")}).status_code == 400
+    # Non-ASCII filenames: Starlette's parser reads these (the plain shape never makes a form to close).
+    files = [("file", (f"фото{i}.jpg", path.read_bytes(), "image/jpeg")) for i, path in enumerate(shared_images[:2])]
+    assert client.post("/v1/classify", files=files).status_code == 200
+    assert client.post("/v1/classify", files={"other": ("ф.jpg", b"x", "image/jpeg")}).status_code == 400
     assert closed == [2, 0], "every parsed form is closed, refused ones too"
 
 

@@ -46,7 +46,9 @@ SAMPLED_MUTATIONS = 100
 
 def locked_down(config: dict) -> None:
     app = config["applications"][0]
-    app["args"]["ingress"].update(cors_allow_origins=[ALLOWED_ORIGIN], request_timeout_s=REQUEST_TIMEOUT_S)
+    # A line for every request, failed or not: what an operator who audits requests sets.
+    app["args"]["ingress"].update(cors_allow_origins=[ALLOWED_ORIGIN], request_timeout_s=REQUEST_TIMEOUT_S,
+                                  request_log="all")
     deployment(config, "Classifier")["autoscaling_config"].update(min_replicas=2, max_replicas=2)
 
 

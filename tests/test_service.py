@@ -43,8 +43,14 @@ FAILING_BATCHES = 2
 
 
 def long_batch_wait_and_failing_first(config: dict) -> None:
-    deployment(config, "Classifier")["user_config"]["batch_wait_timeout_s"] = BATCH_WAIT_S
+    classifier = deployment(config, "Classifier")
+    classifier["user_config"]["batch_wait_timeout_s"] = BATCH_WAIT_S
     config["applications"][0]["runtime_env"]["env_vars"][FAIL_FIRST_BATCHES_ENV_VAR] = str(FAILING_BATCHES)
+    # One model replica throughout: the hook fails the first batches of every replica, so one that
+    # autoscaling adds (the fuzzing's many-image requests once did) would fail the next tests' calls,
+    # and the module proves that no replica restarts by their process ids. tests/test_scaling.py scales.
+    classifier.pop("autoscaling_config")
+    classifier["num_replicas"] = 1
 
 
 def decode_on_replica(config: dict) -> None:

@@ -33,7 +33,8 @@ def build_app(model: ModelClient, settings: AppSettings, metrics: IngressMetrics
     routes = [Route(e.path, MethodType(e.handler, api), methods=[e.method]) for e in ENDPOINTS]
     routes.append(Mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static"))
     middleware = [
-        Middleware(RequestTelemetry, metrics=metrics or IngressMetrics()),
+        Middleware(RequestTelemetry, metrics=metrics or IngressMetrics(),
+                   log_every_request=settings.ingress.request_log == "all"),
         *access_middleware(settings.ingress, settings.auth),
     ]
     return Starlette(

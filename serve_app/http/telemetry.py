@@ -70,12 +70,14 @@ class IngressMetrics:
 
 class RequestTelemetry:
     """ASGI middleware, the outermost: counts every answer by route and status, and every refusal noted
-    with note_error by its code, and logs the request with its request id. An exception nothing else
-    handled becomes a JSON 500 (`internal_error`) in the route's error shape, logged with its traceback."""
+    with note_error by its code, and logs each failed request (each request, with `log_every_request`)
+    with its request id. An exception nothing else handled becomes a JSON 500 (`internal_error`) in the
+    route's error shape, logged with its traceback."""
 
-    def __init__(self, app: ASGIApp, metrics: IngressMetrics):
+    def __init__(self, app: ASGIApp, metrics: IngressMetrics, log_every_request: bool = False):
         self.app = app
         self.metrics = metrics
+        self.log_every_request = log_every_request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,12 +111,17 @@ class RequestTelemetry:
             error_codes = scope.get("state", {}).get("error_codes", [])
             for code in error_codes:
                 self.metrics.rejected(code)
-            fields = {
-                "request_id": header(scope, b"x-request-id"),
-                "method": scope["method"],
-                "route": route,
-                "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                "error": ",".join(error_codes) or None,
-            }
-            request_log.info("%s %s %s", scope["method"], route, status, extra={"serve_app": fields})
+            if self.log_every_request or status >= 400 or error_codes:
+                self._log(scope, route, status, error_codes, started)
+
+    @staticmethod
+    def _log(scope: Scope, route: str, status: int, error_codes: list[str], started: float) -> None:
+        fields = {
+            "request_id": header(scope, b"x-request-id"),
+            "method": scope["method"],
+            "route": route,
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            "error": ",".join(error_codes) or None,
+        }
+        request_log.info("%s %s %s", scope["method"], route, status, extra={"serve_app": fields})

@@ -3,6 +3,7 @@ raw image/* body), and the `top_k` parameter. Every refusal is a ServiceError.""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
@@ -21,6 +22,12 @@ from serve_app.wire import NUM_CLASSES
 
 RAW_BODY_TYPES = ("application/octet-stream",)
 MAX_TOP_K = NUM_CLASSES
+MAX_FIELDS = 1000  # parts of a multipart body that are not files
+# What plain_multipart_files reads; anything else is Starlette's parser's (quoted or odd boundaries,
+# other parameters, filename* or escapes, parts without a filename).
+_MULTIPART_TYPE = re.compile(r"multipart/form-data;\s*boundary=([0-9A-Za-z'()+_,\-./:=?]{1,70})", re.IGNORECASE)
+_FILE_DISPOSITION = re.compile(r'form-data;\s*name="([\x20-\x21\x23-\x5b\x5d-\x7e]*)";\s*'
+                               r'filename="([\x20-\x21\x23-\x5b\x5d-\x7e]+)"', re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -57,11 +64,19 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def parse_multipart(request: Request, body: bytes) -> list[Upload]:
+    """The `file` parts of a multipart body: the plain shape every client sends is split here at once
+    (plain_multipart_files); anything else goes through Starlette's full parser."""
+    plain = plain_multipart_files(request.headers.get("content-type", ""), body)
+    if plain is not None:
+        if not plain:
+            raise NoFileError("the multipart request has no `file` field")
+        return plain
+
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, replay).form(max_files=100_000, max_fields=1000)
+        form = await Request(request.scope, replay).form(max_files=100_000, max_fields=MAX_FIELDS)
     except Exception as exc:
         raise MalformedRequestError(f"the multipart body cannot be parsed: {exc}") from None
     try:  # each part is a spooled temporary file: closed here, not whenever the collector runs
@@ -76,6 +91,54 @@ async def parse_multipart(request: Request, body: bytes) -> list[Upload]:
         return uploads
     finally:
         await form.close()
+
+
+def plain_multipart_files(content_type: str, body: bytes) -> list[Upload] | None:
+    """The `file` parts of a multipart body in the plain shape browsers, curl and HTTP libraries send
+    (no preamble or epilogue, CRLF line ends, each part a Content-Disposition with an ASCII name and
+    filename and at most a Content-Type), found by searching for the delimiters: Starlette's parser
+    writes every part into a temporary file first. None for any other shape: what this does not read
+    exactly as Starlette's parser does is left to it (tests/test_multipart.py)."""
+    match = _MULTIPART_TYPE.fullmatch(content_type)
+    if match is None:
+        return None
+    opening = b"--" + match.group(1).encode() + b"\r\n"
+    delimiter = b"\r\n--" + match.group(1).encode()
+    closing = body.rfind(delimiter + b"--")
+    if not body.startswith(opening) or closing < 0 or body[closing + len(delimiter) + 2:] not in (b"", b"\r\n"):
+        return None
+    uploads, start = [], len(opening)
+    for _ in range(MAX_FIELDS):
+        end = body.find(delimiter, start)  # the part's end: every delimiter is one, so none hides in data
+        head_end = body.find(b"\r\n\r\n", start, end)
+        if head_end < 0:
+            return None
+        disposition = _file_disposition(body[start:head_end])
+        if disposition is None:
+            return None
+        if disposition[0] == "file":
+            uploads.append(Upload(disposition[1], body[head_end + 4 : end]))
+        if end == closing:
+            return uploads
+        start = end + len(delimiter)
+        if body[start : start + 2] != b"\r\n":  # padding after a delimiter, or one that goes on
+            return None
+        start += 2
+    return None
+
+
+def _file_disposition(head: bytes) -> tuple[str, str] | None:
+    """A plain part's (name, filename), from headers that are a Content-Disposition with both and at
+    most a Content-Type; None for any other headers."""
+    headers = [line.partition(b":") for line in head.split(b"\r\n")]
+    names = sorted(name.lower() for name, _, _ in headers)
+    if names not in ([b"content-disposition"], [b"content-disposition", b"content-type"]):
+        return None
+    if not all(colon and value.isascii() for _, colon, value in headers):
+        return None
+    value = next(value for name, _, value in headers if name.lower() == b"content-disposition")
+    match = _FILE_DISPOSITION.fullmatch(value.decode("ascii").strip())
+    return (match.group(1), match.group(2)) if match else None
 
 
 async def read_uploads(request: Request, settings: IngressSettings) -> list[Upload]:
