@@ -94,7 +94,7 @@ class FakeModelHandle:
 
     async def _info(self) -> dict:
         await asyncio.sleep(self.info_delay_s)
-        return {**MODEL_INFO, "batching": {"max_batch_size": 16}}
+        return {**MODEL_INFO, "answer_identity": self.identity, "batching": {"max_batch_size": 16}}
 
 
 def answer(batch: ImageBatch) -> TopK:

@@ -20,6 +20,7 @@ import asyncio
 import copy
 import hashlib
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -74,12 +75,15 @@ class CachingModelClient:
         self._store = store
         self._decoding = decoding  # what of the ingress's own decoding decides an answer
         self._on_lookup = on_lookup
-        self._identity: str | None = None  # the model's answer identity, learnt from its first answer
+        self._identity: str | None = None  # the model's answer identity: asked once, then from each answer
+        self._asking: asyncio.Future | None = None
         self._in_flight: dict[str, asyncio.Future] = {}  # key -> the computation of that image
         self._writes: set[asyncio.Task] = set()
         self.counts = CacheCounts()
 
     async def classify(self, images: Sequence[bytes], k: int, deadline: float = math.inf) -> TopK:
+        if self._identity is None:
+            await self._learn_identity(deadline)
         outcomes, cached = await self._outcomes(images, deadline)
         for hit in cached:
             self._count(hit)
@@ -96,6 +100,21 @@ class CachingModelClient:
         cache = {"enabled": True, "hits": hits, "misses": misses,
                  "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None, **self._store.stats()}
         return {**self._model.call_stats(), "cache": cache}
+
+    async def _learn_identity(self, deadline: float) -> None:
+        """The model's answer identity, asked of a replica once (concurrent first requests share the
+        question), so that a new ingress replica finds what others keep in a shared store before it has
+        computed anything itself. Unanswered within the deadline: this request goes uncached."""
+        if self._asking is None:
+            self._asking = asyncio.ensure_future(self._model.info())
+        try:
+            timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+            info = await asyncio.wait_for(asyncio.shield(self._asking), timeout)
+        except Exception:  # a timeout, or no replica answering: the next request asks again
+            if self._asking.done():
+                self._asking = None
+            return
+        self._identity = self._identity or info.get("answer_identity")
 
     async def _outcomes(self, images: Sequence[bytes], deadline: float,
                         attempt: int = 0) -> tuple[list[Outcome], list[bool]]:
