@@ -112,6 +112,7 @@ def write(args, samples, throughput, windows, p99, failures, total) -> None:
     text = "\n".join([
         "# Autoscaling under a load ramp", "",
         f"- Machine: {machine_line()}", f"- Command: `{command_line()}`",
+        "- Result cache off (`ingress.cache.enabled: false`; the photos repeat): every request is computed.",
         f"- {total} requests, {failures} failed.", "",
         markdown_table(["seconds", "concurrency", "most model replicas", "mean req/s"], rows), "",
         "![autoscale](autoscale.png)", "",

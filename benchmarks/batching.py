@@ -107,6 +107,7 @@ def main() -> None:
         "",
         f"- Machine: {machine_line()}",
         f"- Command: `{command_line()}`",
+        "- Result cache off (`ingress.cache.enabled: false`; the photos repeat): every request is computed.",
         f"- Our service on onnx-int8, {args.seconds:g} s per level; one Ingress replica (0.5 CPU) and one "
         "Classifier replica whose settings vary.",
         "",

@@ -154,3 +154,9 @@ def test_redis_killed_hung_and_restarted_under_load_fails_no_request(service, sh
     wait_until(hits_again, 30, "hits from the restarted Redis")
     errors = [httpx.get(f"{service}/healthz", timeout=10).json()["ingress"]["cache"] for _ in range(6)]
     assert any(cache["store_errors"] > 0 for cache in errors), "the outage was counted"
+
+    def exported() -> bool:
+        text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+        return metric_total(text, "ray_serve_app_result_cache_store_errors_total") > 0
+
+    wait_until(exported, 120, "the store errors on Prometheus")

@@ -236,9 +236,9 @@ def test_a_ranking_survives_its_encoding_and_foreign_bytes_are_not_one():
 def test_redis_that_does_not_answer_is_a_quick_miss_logged_once_and_tried_again_later(caplog):
     from serve_app.launch.harness import free_port
 
-    now = [0.0]
+    now, counted = [0.0], []
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", ttl_s=60, timeout_s=0.05, retry_s=1.0,
-                       clock=lambda: now[0])  # nothing listens there
+                       clock=lambda: now[0], on_error=lambda: counted.append(1))  # nothing listens there
 
     async def run():
         results = []
@@ -253,6 +253,6 @@ def test_redis_that_does_not_answer_is_a_quick_miss_logged_once_and_tried_again_
         results = asyncio.run(run())
     assert results[:5] == [[None, None]] * 5 and results[5] == [None]
     # FAILURES_TO_SKIP failed calls in a row, then skipped while it is down, then tried again after retry_s.
-    assert store.stats()["store_errors"] == FAILURES_TO_SKIP + 1
+    assert store.stats()["store_errors"] == len(counted) == FAILURES_TO_SKIP + 1
     assert store.stats()["reachable"] is False
     assert sum("Redis at redis://127.0.0.1" in r.getMessage() for r in caplog.records) == 1

@@ -28,7 +28,7 @@ class Ingress:
     def __init__(self, classifier: DeploymentHandle, settings: AppSettings):
         metrics = IngressMetrics()
         model = RayModelClient(classifier, settings, on_decoded=metrics.decode_seconds.observe, on_call=metrics.model_call)
-        model = with_result_cache(model, settings, on_lookup=metrics.cache_lookup)
+        model = with_result_cache(model, settings, on_lookup=metrics.cache_lookup, on_store_error=metrics.cache_store_error)
         self._app = build_app(model, settings, metrics)
         self._grpc = GrpcInference(model, settings, API_VERSION, on_answer=metrics.grpc_answer)
 

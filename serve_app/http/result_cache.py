@@ -245,8 +245,10 @@ def decoding_identity(settings: AppSettings) -> str:
 
 
 def with_result_cache(model: ModelClient, settings: AppSettings,
-                      on_lookup: Callable[[str], None] = lambda outcome: None) -> ModelClient:
+                      on_lookup: Callable[[str], None] = lambda outcome: None,
+                      on_store_error: Callable[[], None] = lambda: None) -> ModelClient:
     """`model` behind the result cache the settings describe, or `model` itself where it is off."""
     if not settings.ingress.cache.enabled:
         return model
-    return CachingModelClient(model, store_for(settings.ingress.cache), decoding_identity(settings), on_lookup)
+    store = store_for(settings.ingress.cache, on_store_error)
+    return CachingModelClient(model, store, decoding_identity(settings), on_lookup)

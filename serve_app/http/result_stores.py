@@ -88,7 +88,7 @@ class RedisStore:
     and an LRU maxmemory-policy."""
 
     def __init__(self, url: str, ttl_s: float, timeout_s: float, retry_s: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, on_error: Callable[[], None] = lambda: None):
         import redis.asyncio as redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -101,7 +101,7 @@ class RedisStore:
                                             retry=Retry(NoBackoff(), 0), lib_name=None, lib_version=None)
         self._where = _without_password(url)
         self._ttl_ms = int(ttl_s * 1000)
-        self._timeout_s, self._retry_s, self._clock = timeout_s, retry_s, clock
+        self._timeout_s, self._retry_s, self._clock, self._on_error = timeout_s, retry_s, clock, on_error
         self._skip_until = 0.0
         self._failures_in_a_row = 0
         self._down = False
@@ -133,6 +133,7 @@ class RedisStore:
             result = await asyncio.wait_for(command(), timeout_s)
         except Exception as error:  # redis's errors, OSError, a timeout: all mean "no answer from Redis now"
             self._errors += 1
+            self._on_error()
             self._failures_in_a_row += 1
             if self._failures_in_a_row >= FAILURES_TO_SKIP:
                 self._skip_until = self._clock() + self._retry_s
@@ -154,7 +155,9 @@ def _without_password(url: str) -> str:
     return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
-def store_for(settings: CacheSettings) -> ResultStore:
+def store_for(settings: CacheSettings, on_error: Callable[[], None] = lambda: None) -> ResultStore:
+    """The store the settings name; `on_error` is told of each failed call to it."""
     if settings.redis_url:
-        return RedisStore(settings.redis_url, settings.ttl_s, settings.redis_timeout_s, settings.redis_retry_s)
+        return RedisStore(settings.redis_url, settings.ttl_s, settings.redis_timeout_s, settings.redis_retry_s,
+                          on_error=on_error)
     return MemoryStore(settings.max_bytes, settings.ttl_s)

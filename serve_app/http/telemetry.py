@@ -49,6 +49,10 @@ class IngressMetrics:
             "(hit: answered without the model, from the store or a computation in flight; miss).",
             tag_keys=("outcome",),
         )
+        self.cache_store_errors = metrics.Counter(
+            "serve_app_result_cache_store_errors",
+            description="Calls to the result cache's store (Redis) that failed or timed out: each was a miss.",
+        )
         self.grpc_requests = metrics.Counter(
             "serve_app_grpc_requests", description="gRPC calls answered, by RPC and status code.",
             tag_keys=("rpc", "code"),
@@ -59,6 +63,9 @@ class IngressMetrics:
 
     def cache_lookup(self, outcome: str) -> None:
         self.cache_lookups.inc(tags={"outcome": outcome})
+
+    def cache_store_error(self) -> None:
+        self.cache_store_errors.inc()
 
     def grpc_answer(self, rpc: str, code: str) -> None:
         self.grpc_requests.inc(tags={"rpc": rpc, "code": code})
