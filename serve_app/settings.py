@@ -228,8 +228,8 @@ class CacheSettings(_Strict):
                     "replicas share hits. Redis down or slow never fails a request: it counts a miss.")
     redis_timeout_s: float = Field(
         0.05, gt=0, le=5,
-        description="Longest wait for Redis on a request; after a failure Redis is skipped for "
-                    "redis_retry_s before it is tried again.")
+        description="Longest wait for Redis on a request (slower is a miss); after 3 failures in a row Redis "
+                    "is skipped for redis_retry_s before it is tried again.")
     redis_retry_s: float = Field(1.0, gt=0, le=600, description="How long Redis is skipped after it failed.")
 
 
