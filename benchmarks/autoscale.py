@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from benchmarks.load import load_photos, run_load
-from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
+from benchmarks.report import RESULT_CACHE_OFF, RESULTS, command_line, machine_line, markdown_table
 from serve_app.launch.harness import (
     fast_autoscaling,
     free_port,
@@ -112,7 +112,7 @@ def write(args, samples, throughput, windows, p99, failures, total) -> None:
     text = "\n".join([
         "# Autoscaling under a load ramp", "",
         f"- Machine: {machine_line()}", f"- Command: `{command_line()}`",
-        "- Result cache off (`ingress.cache.enabled: false`; the photos repeat): every request is computed.",
+        f"- {RESULT_CACHE_OFF}",
         f"- {total} requests, {failures} failed.", "",
         markdown_table(["seconds", "concurrency", "most model replicas", "mean req/s"], rows), "",
         "![autoscale](autoscale.png)", "",

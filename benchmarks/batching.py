@@ -20,7 +20,7 @@ import httpx
 
 from benchmarks.compare import ours, sized_for_two_cores
 from benchmarks.load import LoadResult, load_photos, sweep
-from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
+from benchmarks.report import RESULT_CACHE_OFF, RESULTS, command_line, machine_line, markdown_table
 from serve_app.launch.harness import deployment
 
 # name -> (Classifier num_cpus, max_batch_size, batch_wait_timeout_s, max_ongoing_requests)
@@ -107,7 +107,7 @@ def main() -> None:
         "",
         f"- Machine: {machine_line()}",
         f"- Command: `{command_line()}`",
-        "- Result cache off (`ingress.cache.enabled: false`; the photos repeat): every request is computed.",
+        f"- {RESULT_CACHE_OFF}",
         f"- Our service on onnx-int8, {args.seconds:g} s per level; one Ingress replica (0.5 CPU) and one "
         "Classifier replica whose settings vary.",
         "",

@@ -212,16 +212,16 @@ def main() -> None:
             before = cache_stats(url)
             results[variant] = asyncio.run(run_load(url, args.concurrency, uploads, requests=len(uploads)))
             after = cache_stats(url)
-            if after["enabled"]:  # then every request a repeat: what a hit costs the whole stack
+            if after["enabled"]:
+                looked_up = (after["hits"] + after["misses"]) - (before["hits"] + before["misses"])
+                hits[variant] = (after["hits"] - before["hits"]) / max(1, looked_up)
+                store_errors[variant] = after["store_errors"] - before["store_errors"]
+                # Then every request a repeat: what a hit costs the whole stack.
                 seen = uploads[:ALL_HITS_DISTINCT]
                 all_hits[variant] = asyncio.run(run_load(url, args.concurrency, seen * (ALL_HITS_REQUESTS // len(seen)),
                                                          requests=ALL_HITS_REQUESTS))
                 print(json.dumps({"variant": f"{variant}, every request a repeat", **all_hits[variant].summary()}),
                       flush=True)
-            if after["enabled"]:
-                looked_up = (after["hits"] + after["misses"]) - (before["hits"] + before["misses"])
-                hits[variant] = (after["hits"] - before["hits"]) / max(1, looked_up)
-                store_errors[variant] = after["store_errors"] - before["store_errors"]
             print(json.dumps({"variant": variant, **results[variant].summary(), "hit_share": hits.get(variant),
                               "store_errors": store_errors.get(variant)}), flush=True)
     print(write_results(args, results, hits, store_errors, all_hits, repeats))

@@ -50,6 +50,7 @@ import numpy as np
 
 from benchmarks.load import LoadResult, load_photos, plot, results_table, sweep
 from benchmarks.report import (
+    RESULT_CACHE_OFF,
     RESULTS,
     check_agreement,
     command_line,
@@ -362,8 +363,7 @@ def write_results(args, series: dict[str, list[LoadResult]], ceiling: float | No
         f"- Weights: `{args.weights}`; photos: the 100 shared ImageNet JPEGs, one per request (multipart).",
         f"- Each system started alone, warmed up, then {args.seconds:g} s per concurrency level; "
         "the load generator (benchmarks/load.py) runs on the same cores.",
-        "- Our result cache is off (`ingress.cache.enabled: false`; the photos repeat): every request is computed, "
-        "as in every peer. benchmarks/results/cache.md measures it on.",
+        f"- Ours: {RESULT_CACHE_OFF} As in every peer; benchmarks/results/cache.md measures it on.",
         "",
     ]
     for name, results in series.items():

@@ -44,7 +44,7 @@ import numpy as np
 
 from benchmarks import compare
 from benchmarks.load import load_photos, sweep
-from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
+from benchmarks.report import RESULT_CACHE_OFF, RESULTS, command_line, machine_line, markdown_table
 from serve_app.launch.harness import (
     RAY_ENV,
     REPO,
@@ -275,7 +275,7 @@ def write_results(variants: dict[str, dict], seconds: float, command: str, image
         f"warm-up, {next(iter(variants.values()))['rounds']} round(s) of every variant in turn, medians; each "
         "process's user+system CPU time from /proc, divided by the requests answered. Inference (ours): the "
         "replica's forward passes in the window, replayed in the benchmark process with the replica's threads. "
-        "`-` where a role has no process, or where inference was not measured apart. Result cache off (`ingress.cache.enabled: false`): every request computed.",
+        "`-` where a role has no process, or where inference was not measured apart. " + RESULT_CACHE_OFF,
         "",
         markdown_table(["process", *variants], rows),
         "",

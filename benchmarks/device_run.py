@@ -46,6 +46,7 @@ from pathlib import Path
 
 from benchmarks.load import load_photos, run_load
 from benchmarks.report import (
+    RESULT_CACHE_OFF,
     RESULTS,
     check_agreement,
     command_line,
@@ -272,7 +273,7 @@ def write(run: dict, out: Path) -> None:
     (out / f"run{run['part']}.json").write_text(json.dumps(run, indent=2, default=str))
     device = _device_name(run)
     header = [f"- Device: {device}; host: {machine_line()}", f"- Command: `{command_line()}`",
-              "- Result cache off (`ingress.cache.enabled: false`; the photos repeat): every request is computed.",
+              f"- {RESULT_CACHE_OFF}",
               "- DRY RUN on the development machine: these numbers say the script works, nothing about a GPU."
               if run["dry_run"] else "", ""]
     verdicts = markdown_table(["target", "measured", "wanted", "met"],

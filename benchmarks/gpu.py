@@ -31,6 +31,7 @@ import numpy as np
 
 from benchmarks.load import load_photos, run_load
 from benchmarks.report import (
+    RESULT_CACHE_OFF,
     RESULTS,
     Disagrees,
     check_agreement,
@@ -180,7 +181,7 @@ def write(gpu_name: str, model_rows: list[dict], http_rows: list[dict]) -> None:
         "# GPU throughput", "",
         f"- GPU: {gpu_name}; host: {machine_line()} ({os.cpu_count()} CPU cores)",
         f"- Command: `{command_line()}`",
-        "- Result cache off (`ingress.cache.enabled: false`; the photos repeat): every request is computed.",
+        f"- {RESULT_CACHE_OFF}",
         f"- Best model-only: {best['cuda-graphs fp16']} images/s at batch {best['batch']} (target 20,000)", "",
         "## Model only", "",
         markdown_table(["batch", "cuda-graphs fp16 images/s", "eager fp32 images/s"],

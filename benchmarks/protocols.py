@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks.compare import ours, ours_config
 from benchmarks.load import LoadResult, load_photos, plot, results_table, run_calls, run_load
-from benchmarks.report import RESULTS, check_agreement, command_line, machine_line, markdown_table
+from benchmarks.report import RESULT_CACHE_OFF, RESULTS, check_agreement, command_line, machine_line, markdown_table
 from serve_app.launch.harness import grpc_address
 
 LEVELS = [1, 8, 32, 64]
@@ -108,7 +108,7 @@ def write_results(args, series: dict[str, list[LoadResult]], agreement: dict[str
         "- Ours sized for 2 cores (one Ingress, one Classifier replica, ONNX Runtime INT8, `make serve`'s stack), "
         f"stand-in weights; one shared photo per request, {args.seconds:g} s per protocol and concurrency after a "
         "warm-up; the clients (tritonclient.grpc.aio, tritonclient.http.aio, httpx) run on the same cores. "
-        "Result cache off (`ingress.cache.enabled: false`): every request computed.",
+        + RESULT_CACHE_OFF,
         "",
         markdown_table(header, rows),
         "",

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# What every benchmark of the serving path says of the result cache: off, since its photos repeat.
+RESULT_CACHE_OFF = "Result cache off (`ingress.cache.enabled: false`; the photos repeat): every request is computed."
 
 
 class Disagrees(SystemExit):

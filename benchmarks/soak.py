@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from tqdm import tqdm
 
 from benchmarks.load import load_photos, run_load
-from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
+from benchmarks.report import RESULT_CACHE_OFF, RESULTS, command_line, machine_line, markdown_table
 from serve_app.launch.harness import (
     deployment,
     free_port,
@@ -139,7 +139,7 @@ def write(args, samples, per_second, summary, failures) -> None:
         "# Soak: memory under a steady load", "",
         f"- Machine: {machine_line()}",
         f"- Command: `{command_line()}`",
-        "- Result cache off (`ingress.cache.enabled: false`; the photos repeat): every request is computed.",
+        f"- {RESULT_CACHE_OFF}",
         f"- Load: {summary['requests']} requests in {summary['seconds']:.0f} s at concurrency {args.concurrency}, "
         f"{summary['req_s']} req/s, p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; "
         f"failed: {sum(failures.values())} {failures or ''}",
