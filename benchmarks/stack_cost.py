@@ -9,7 +9,10 @@ dashboard and Ray's default intervals, what the stack was before). Each time, on
 is up: every process's user+system CPU time from /proc over --idle-seconds with no request at
 all, then over --load-seconds of single-image requests at concurrency 32 (after a 5 s warm-up),
 one line per process kind, in cores (CPU seconds per second). The result cache is off
-($SERVE_APP_RESULT_CACHE=off: its photos repeat): every request is computed. Writes
+($SERVE_APP_RESULT_CACHE=off: its photos repeat): every request is computed. Idle, it also measures
+the main threads of Serve's actors (controller, proxy, HAProxy manager, replicas) apart: each runs
+Ray's task loop, which wakes every 10 ms to check for signals (a fixed period in Ray's C++ core
+worker, no setting), and that is the part of the idle price no setting reaches. Writes
 benchmarks/results/stack_cost.{md,png,json}.
 """
 
@@ -36,6 +39,8 @@ BASE_URL = "http://127.0.0.1:8000"  # configs/cpu.yaml's port, as make serve ser
 IDLE_TARGET_CORES = 0.05
 VARIANTS = {"make serve (as shipped)": [], "make serve --dashboard (Ray's defaults)": ["--dashboard"]}
 LOAD_GENERATOR = "load generator (this process)"
+# Titles of the Ray workers that run Serve's actors (the dashboard and runtime-env agents are not workers).
+SERVE_ACTORS = ("ray::ServeController", "ray::ProxyActor", "ray::HAProxyManager", "ray::ServeReplica")
 
 
 def process_kind(pid: int, command: str) -> str:
@@ -63,6 +68,20 @@ def cores_by_kind(before: dict, after: dict, seconds: float, stack: set[int]) ->
     return {kind: cores for kind, cores in used.most_common() if cores > 0}
 
 
+def main_thread_ticks(pids: set[int]) -> dict[int, tuple[int, str]]:
+    """CPU ticks of the main thread (its thread id is its pid) of each of Serve's actors, with its command."""
+    found = {}
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if command.startswith(SERVE_ACTORS):
+            found[pid] = (int(fields[11]) + int(fields[12]), command)
+    return found
+
+
 def stack_pids(launcher: int) -> set[int]:
     """The launcher, its session and everything below it (Ray's processes, the replicas, HAProxy)."""
     return {launcher, *descendants(launcher)} | {process.pid for process in processes() if process.session == launcher}
@@ -76,17 +95,18 @@ def measure(flags: list[str], idle_seconds: float, load_seconds: float, photos) 
         wait_ready(BASE_URL, process, 600, healthz_ok)
         time.sleep(5)  # replicas' start-up work settles
         stack = stack_pids(process.pid)
-        before = cpu_ticks_by_process()
+        before, main_before = cpu_ticks_by_process(), main_thread_ticks(stack)
         time.sleep(idle_seconds)
         idle = cores_by_kind(before, cpu_ticks_by_process(), idle_seconds, stack)
+        main_threads = cores_by_kind(main_before, main_thread_ticks(stack), idle_seconds, stack)
         url = BASE_URL + "/v1/classify"
         sweep(url, [CONCURRENCY], photos, seconds=5, label="warm-up")
         before = cpu_ticks_by_process()
         started = time.monotonic()
         [result] = sweep(url, [CONCURRENCY], photos, seconds=load_seconds, label="c=32")
         loaded = cores_by_kind(before, cpu_ticks_by_process(), time.monotonic() - started, stack)
-    return {"command": " ".join(["python", *command[1:]]), "idle": idle, "loaded": loaded,
-            "req_s": result.req_s, "errors": result.errors}
+    return {"command": " ".join(["python", *command[1:]]), "idle": idle, "idle_main_threads": main_threads,
+            "loaded": loaded, "req_s": result.req_s, "errors": result.errors}
 
 
 def stack_total(cores: dict[str, float]) -> float:
@@ -96,17 +116,21 @@ def stack_total(cores: dict[str, float]) -> float:
 def write_results(measured: dict[str, dict], args) -> str:
     kinds = sorted({kind for m in measured.values() for part in ("idle", "loaded") for kind in m[part]},
                    key=lambda kind: -max(m["idle"].get(kind, 0) for m in measured.values()))
+    shipped = next(iter(measured.values()))
     header = ["process"] + [f"{name}: {part}" for name in measured for part in ("idle", f"c={CONCURRENCY}")]
     rows = [[kind, *(f"{m[part].get(kind, 0):.4f}" for m in measured.values() for part in ("idle", "loaded"))]
             for kind in kinds if kind != LOAD_GENERATOR]
     rows.append(["**the stack, in all**", *(f"**{stack_total(m[part]):.3f}**" for m in measured.values()
                                            for part in ("idle", "loaded"))])
+    rows.append([f"of which the main threads of Serve's {len(shipped['idle_main_threads'])} actors (Ray's 10 ms "
+                 "signal check)", *(cell for m in measured.values()
+                                    for cell in (f"{sum(m['idle_main_threads'].values()):.3f}", "-"))])
     rows.append([LOAD_GENERATOR, *(f"{m[part].get(LOAD_GENERATOR, 0):.3f}" for m in measured.values()
                                    for part in ("idle", "loaded"))])
     rows.append(["req/s (errors)", *(cell for m in measured.values()
                                      for cell in ("-", f"{m['req_s']:.1f} ({m['errors']})"))])
-    shipped = next(iter(measured.values()))
     idle = stack_total(shipped["idle"])
+    floor = sum(shipped["idle_main_threads"].values())
     lines = [
         "# The fixed price of the stack: CPU by process, idle and under load",
         "",
@@ -123,6 +147,11 @@ def write_results(measured: dict[str, dict], args) -> str:
         "|---|---|---|",
         f"| idle stack (make serve as shipped) at most {IDLE_TARGET_CORES} cores | {idle:.3f} | "
         f"{'yes' if idle <= IDLE_TARGET_CORES else '**no**'} |",
+        "",
+        f"Of the idle stack as shipped, {floor:.3f} cores ({floor / idle:.0%}) are the main threads of Serve's "
+        f"{len(shipped['idle_main_threads'])} actors ({', '.join(k.removeprefix('ray::') for k in shipped['idle_main_threads'])}): "
+        "each runs Ray's task loop, which wakes every 10 ms to check for signals, a period fixed in Ray's C++ "
+        f"core worker that no setting changes. Settings can reach only the other {idle - floor:.3f} cores.",
         "",
         "![stack cost](stack_cost.png)",
         "",

@@ -58,14 +58,23 @@ RAY_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "
 # message (default 30 s); a local run reads it to fail with an explanation instead of waiting.
 LOCAL_RAY_ENV = {"RAY_SERVE_SLOW_STARTUP_WARNING_S": "10", "RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S": "10"}
 # What one machine serving requests does not need, off or slowed unless `--dashboard` asks for
-# Ray's defaults (README, "Lean on one machine"). Idle on 2 cores these took the whole stack from
-# 0.148 cores to 0.072 (benchmarks/results/stack_cost.md): the dashboard's head modules (off,
-# ray.init(include_dashboard=False)), usage stats and task events for the state API (off), idle
-# workers started ahead of need (off), the log monitor's scan for new files (every 5 s, not 10 times a
-# second: with log_to_driver off nobody reads what it forwards), Serve's control loop (1 s, not
-# 0.1 s), the cached metrics every replica and handle exports (every 1 s, not 0.1 s) and the metrics
-# every process sends to the agent (every 30 s, not 10 s), the raylet's resource reports to the GCS
-# and the GCS's pull of them (1 s and 5 s: one node has nobody to tell), and event-loop statistics.
+# Ray's defaults (README, "Lean on one machine"). Idle on 2 cores the whole stack takes 0.41x the
+# cores it takes with Ray's defaults (benchmarks/results/stack_cost.md). The raylet's timers in the
+# last item took the raylet from 0.0063 to 0.0035 cores, alternating with Ray's defaults for them:
+# - the dashboard's head modules (off, ray.init(include_dashboard=False)), usage stats and task
+#   events for the state API (off), idle workers started ahead of need (off);
+# - the log monitor's scan for new files (every 5 s, not 10 times a second: with log_to_driver off
+#   nobody reads what it forwards);
+# - Serve's control loop (1 s, not 0.1 s), the cached metrics every replica and handle exports
+#   (every 5 s, not 0.1 s: Prometheus scrapes every 15 s), the metrics every process sends to the agent
+#   (every 30 s, not 10 s), the node stats the agent and the dashboard process gather (15 s and 30 s,
+#   not 5 s);
+# - the raylet's resource reports to the GCS and the GCS's pull of them (1 s and 5 s: one node has
+#   nobody to tell), and event-loop statistics;
+# - the raylet's checks for memory pressure on the object store, a full disk, idle workers and object
+#   transfers (1 s, not 0.1-0.2 s), the OOM killer's memory check (1 s, not 0.25 s), each process's
+#   probe of its event loops' latency (10 s, not 1 s), workers' backlog reports for the cluster
+#   autoscaler (5 s, not 1 s), and the debug-state dumps (off).
 LEAN_RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_enable_task_events": "0",
@@ -73,15 +82,27 @@ LEAN_RAY_ENV = {
     "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
     "LOG_NAME_UPDATE_INTERVAL_S": "5",
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1",
-    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "5000",
     "RAY_metrics_report_interval_ms": "30000",
+    "REPORTER_UPDATE_INTERVAL_MS": "15000",
+    "METRICS_RECORD_INTERVAL_S": "30",
     "RAY_raylet_report_resources_period_milliseconds": "1000",
     "RAY_gcs_pull_resource_loads_period_milliseconds": "5000",
     "RAY_event_stats": "0",
+    "RAY_raylet_check_gc_period_milliseconds": "1000",
+    "RAY_local_fs_monitor_interval_ms": "1000",
+    "RAY_kill_idle_workers_interval_ms": "1000",
+    "RAY_object_manager_timer_freq_ms": "1000",
+    "RAY_memory_monitor_refresh_ms": "1000",
+    "RAY_io_context_monitor_probe_interval_ms": "10000",
+    "RAY_report_worker_backlog_interval_ms": "5000",
+    "RAY_debug_dump_period_milliseconds": "0",
 }
 UNSCHEDULABLE_MARK = "to be scheduled"  # in that status message
-# How often a running `serve` asks Serve for replica counts: each ask costs the controller a few ms.
+# How often a running `serve` asks Serve for the deployments' statuses, and at least how often for
+# their replica counts (see keep_reporting).
 REPORT_INTERVAL_S = 10.0
+COUNTS_INTERVAL_S = 300.0
 STOP_BUDGET_S = 6.0  # for Ray's own shutdown; what is left after it is killed
 READY_TIMEOUT_S = 600.0
 RAY_LOGS = "/tmp/ray/session_latest/logs"
@@ -379,14 +400,31 @@ def watch_until_running(config: dict[str, Any], config_name: str, terminal: Term
 
 
 def keep_reporting(terminal: Terminal, reported: dict[str, str]) -> None:
-    """Until interrupted: each deployment's replica counts and status whenever they change from `reported`."""
+    """Until interrupted: each deployment's replica counts and status whenever they change from `reported`.
+    Every REPORT_INTERVAL_S it asks Serve only for the deployments' statuses; the replica counts come
+    with serve.status(), which costs the controller and this process several ms of CPU (it builds every
+    deployment's details), so they are asked for when a status changed, or every COUNTS_INTERVAL_S
+    (two scalings within one interval can leave the statuses as they were)."""
     from ray import serve
+    from ray.serve.context import _get_global_client
 
+    client = _get_global_client()
+    statuses, counted = None, time.monotonic()
     while True:
         time.sleep(REPORT_INTERVAL_S)
+        previous, statuses = statuses, _deployment_statuses(client)
+        if statuses == previous and time.monotonic() - counted < COUNTS_INTERVAL_S:
+            continue
+        counted = time.monotonic()
         for app in serve.status().applications.values():
             for name, deployment in app.deployments.items():
                 _report_replicas(name, deployment, reported, terminal)
+
+
+def _deployment_statuses(client) -> list[tuple[str, str, str, str]]:
+    """Every deployment's (application, name, status, what triggered it), from Serve's status summary."""
+    return [(overview.name, status.name, _word(status.status), _word(status.status_trigger))
+            for overview in client.list_serve_statuses() for status in overview.deployment_statuses]
 
 
 def _report_replicas(name: str, deployment, reported: dict[str, str], terminal: Terminal) -> None:
