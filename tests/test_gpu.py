@@ -14,7 +14,7 @@ import torch
 from serve_app.imaging import image_files, is_plain_jpeg, load_image, open_image
 from serve_app.launch.harness import deployment, load_config
 from serve_app.model.backends.cuda_graphs import CudaGraphsBackend, PaddedRunner
-from serve_app.model.device_imaging import decode_batch
+from serve_app.model.device_imaging import decode_batch, joined, split_for_threads
 from serve_app.model.weights import resolve_weights
 from serve_app.settings import (
     AppSettings,
@@ -146,6 +146,21 @@ def test_a_bad_jpeg_fails_alone_and_a_refused_one_falls_back_to_the_cpu(photos):
     np.testing.assert_allclose(cmyk_row.mean(), load_image(cmyk, max_pixels=10**8).mean(), atol=3)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+def test_a_batch_decoded_in_parts_side_by_side_is_the_batch_decoded_whole(photos, threads):
+    good = [p.read_bytes() for p in photos[:5]]
+    garbage = b"\xff\xd8\xff" + b"\x00" * 200
+    encoded = [good[0], garbage, good[1], good[2], garbage, good[3], good[4]]
+    whole = decode_batch(encoded, torch.device("cpu"), LIMITS)
+    parts = split_for_threads(encoded, threads)
+    assert len(parts) == min(threads, len(encoded)) and [b for part in parts for b in part] == encoded
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    together = joined([decode_batch(part, torch.device("cpu"), LIMITS) for part in parts])
+    assert together.order == whole.order == [0, 2, 3, 5, 6]
+    assert set(together.errors) == set(whole.errors) == {1, 4}
+    assert torch.equal(together.images, whole.images)
+
+
 def test_only_plain_jpegs_go_to_the_replica_undecoded(photos):
     from PIL import Image
 
@@ -249,7 +264,7 @@ BIG_JPEG_SCRIPT = """
 import resource, sys, torch
 from pathlib import Path
 from serve_app.imaging import image_files
-from serve_app.model.device_imaging import decode_batch
+from serve_app.model.device_imaging import decode_batch, joined, split_for_threads
 from serve_app.settings import DecodeLimits
 encoded = [p.read_bytes() for p in image_files(Path(sys.argv[1]))]
 torch.set_num_threads(1)

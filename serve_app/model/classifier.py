@@ -81,6 +81,7 @@ class Classifier:
         self._metrics = ModelMetrics(self._backend.name)
         self._decode_device = None
         self._decode_limits = decode_limits
+        self._threads = threads  # a CPU decodes this many parts of a batch side by side
         if settings.decode_on_replica:
             import torch  # only replicas that decode need it (ONNX replicas otherwise never import torch)
 
@@ -153,11 +154,13 @@ class Classifier:
 
     async def _decoded_probabilities(self, encoded: list[bytes]) -> list[np.ndarray | ServiceError]:
         """JPEGs decoded here, on the backend's device, as one batch: each one's probabilities or error."""
-        from serve_app.model.device_imaging import decode_batch
+        from serve_app.model.device_imaging import decode_batch, joined, split_for_threads
 
         if self._decode_device is None:
             raise RuntimeError("this model deployment does not decode (model.decode_on_replica is false)")
-        decoded = await asyncio.to_thread(decode_batch, encoded, self._decode_device, self._decode_limits)
+        parts = split_for_threads(encoded, self._threads if self._decode_device.type == "cpu" else 1)
+        decoded = joined(await asyncio.gather(*(asyncio.to_thread(decode_batch, part, self._decode_device,
+                                                                  self._decode_limits) for part in parts)))
         rows: list[np.ndarray | ServiceError] = [decoded.errors.get(index) for index in range(len(encoded))]
         if decoded.images is not None:
             for index, row in zip(decoded.order, await self._probabilities(decoded.images)):

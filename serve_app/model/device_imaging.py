@@ -73,6 +73,27 @@ def pixel_bounded_groups(encoded: list[bytes], limits: DecodeLimits,
     return groups + ([group] if group else [])
 
 
+def split_for_threads(encoded: list[bytes], threads: int) -> list[list[bytes]]:
+    """`encoded` in up to `threads` consecutive parts of near-equal length, for decoding side by side on
+    a CPU (libjpeg and torch's resize each run on one thread; nvJPEG takes a whole batch at once)."""
+    parts = max(1, min(threads, len(encoded)))
+    size, extra = divmod(len(encoded), parts)
+    bounds = [index * size + min(index, extra) for index in range(parts + 1)]
+    return [encoded[bounds[index] : bounds[index + 1]] for index in range(parts)]
+
+
+def joined(parts: list[DecodedBatch]) -> DecodedBatch:
+    """The parts of split_for_threads decoded, as one batch indexed like the whole."""
+    images, order, errors, offset = [], [], {}, 0
+    for part in parts:
+        if part.images is not None:
+            images.append(part.images)
+        order += [offset + index for index in part.order]
+        errors.update({offset + index: error for index, error in part.errors.items()})
+        offset += len(part.order) + len(part.errors)
+    return DecodedBatch(torch.cat(images) if images else None, order, errors)
+
+
 def decode_batch(encoded: list[bytes], device: torch.device, limits: DecodeLimits) -> DecodedBatch:
     rows, order, errors = [], [], {}
     for group in pixel_bounded_groups(encoded, limits, errors):
