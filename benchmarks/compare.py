@@ -210,7 +210,8 @@ SYSTEMS = {
 EAGER_BASELINES = ("plain-serve", "plain-serve+ray-settings", "flask", "flask-tuned")
 SAME_BACKEND_BASELINES = ("plain-serve-int8", "flask-int8", "litserve-int8")
 NULL_PEERS = ("plain-serve-null", "flask-null", "litserve-null")  # decode, then the same fixed logits as ours-null
-NULL_SYSTEMS = ("ours-null", *NULL_PEERS, "serve-null-app", "ours-null-replica-decode")
+REPLICA_DECODE = "ours-null-replica-decode"
+NULL_SYSTEMS = ("ours-null", *NULL_PEERS, "serve-null-app", REPLICA_DECODE)
 BASELINES = EAGER_BASELINES + SAME_BACKEND_BASELINES
 
 
@@ -290,6 +291,7 @@ def targets(series: dict[str, list[LoadResult]], levels: list[int], ceiling: flo
 
     checks = []
     for ours, peer_names, what, minimum in (("ours-null", NULL_PEERS, "best null peer", 1.0),
+                                            (REPLICA_DECODE, NULL_PEERS, "best null peer", 1.0),
                                             ("ours", SAME_BACKEND_BASELINES, "best same-model peer", 0.9)):
         peers = [name for name in peer_names if name in series]
         if ours not in series or not peers:
@@ -324,7 +326,7 @@ def targets(series: dict[str, list[LoadResult]], levels: list[int], ceiling: flo
 
 def errors_check(series: dict[str, list[LoadResult]]) -> list[tuple]:
     return [(f"errors ({name}, all levels)", str(errors), "0", errors == 0)
-            for name in ("ours", "ours-null") if name in series
+            for name in ("ours", "ours-null", REPLICA_DECODE) if name in series
             for errors in [sum(r.errors for r in series[name])]]
 
 
@@ -416,6 +418,13 @@ def write_results(args, series: dict[str, list[LoadResult]], ceiling: float | No
                      "model's fixed logits instead of running a network (`backend: null`), so what is timed is "
                      f"everything but the model. Best of {', '.join(null_peers)} at each concurrency.", "",
                      against_best(series, "ours-null", null_peers, null_levels), ""]
+        if REPLICA_DECODE in series:
+            sections += [f"## The GPU config's request path on the null model: {REPLICA_DECODE} against the same peers",
+                         "", "Ours with `decode_on_replica` (configs/gpu.yaml's path; a setting on CPU nodes): the "
+                         "ingress reads only each photo's header and sends the JPEG as bytes, and the model replica "
+                         "decodes and resizes it (here on its CPU threads, where a GPU replica uses nvJPEG). The same "
+                         "work per photo as every peer.", "",
+                         against_best(series, REPLICA_DECODE, null_peers, null_levels), ""]
         if "serve-null-app" in series:
             sections += ["`serve-null-app` (not a peer: one Starlette route on Serve that reads the upload and "
                          "answers a constant, decoding nothing) at each concurrency: " + ", ".join(
