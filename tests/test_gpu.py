@@ -264,7 +264,7 @@ BIG_JPEG_SCRIPT = """
 import resource, sys, torch
 from pathlib import Path
 from serve_app.imaging import image_files
-from serve_app.model.device_imaging import decode_batch, joined, split_for_threads
+from serve_app.model.device_imaging import decode_batch
 from serve_app.settings import DecodeLimits
 encoded = [p.read_bytes() for p in image_files(Path(sys.argv[1]))]
 torch.set_num_threads(1)
