@@ -84,6 +84,8 @@ def split_for_threads(encoded: list[bytes], threads: int) -> list[list[bytes]]:
 
 def joined(parts: list[DecodedBatch]) -> DecodedBatch:
     """The parts of split_for_threads decoded, as one batch indexed like the whole."""
+    if len(parts) == 1:  # a GPU's whole chunk, or one thread's: nothing to copy together
+        return parts[0]
     images, order, errors, offset = [], [], {}, 0
     for part in parts:
         if part.images is not None:
