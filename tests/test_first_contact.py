@@ -55,12 +55,17 @@ def ctrl_c(process: subprocess.Popen) -> None:
 
 def sigterm_twice(process: subprocess.Popen) -> None:
     """What `kill`, `docker stop` and systemd do: SIGTERM to the process alone; then, as an impatient
-    operator or supervisor would, a second one while it is stopping, which must not cut the stop short."""
+    operator or supervisor would, more of them all the while it is stopping (Ray's shutdown resets
+    SIGTERM to its default action part way through), none of which may cut the stop short."""
     process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 10
     while "stopping" not in Path(process.log_path).read_text(errors="replace") and time.monotonic() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    while process.poll() is None and time.monotonic() < deadline:
+        if Path(process.log_path).read_text(errors="replace").rstrip().endswith("stopped"):
+            break  # said, and past the stop: from here on a SIGTERM ends it as it would any process
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
 
 
 def serve_until_ready_then_stop(command: list[str], log_path: Path, env: dict[str, str], while_up=None,

@@ -104,6 +104,7 @@ UNSCHEDULABLE_MARK = "to be scheduled"  # in that status message
 REPORT_INTERVAL_S = 10.0
 COUNTS_INTERVAL_S = 300.0
 STOP_BUDGET_S = 6.0  # for Ray's own shutdown; what is left after it is killed
+SIGNALS_REASSERTED_EVERY_S = 0.002  # while Ray stops (see stop_local_ray)
 READY_TIMEOUT_S = 600.0
 RAY_LOGS = "/tmp/ray/session_latest/logs"
 SERVE_LOGS = f"{RAY_LOGS}/serve"
@@ -452,14 +453,22 @@ def _healthy(base_url: str) -> bool:
 
 
 def stop_local_ray() -> None:
-    """Ray's own shutdown, bounded in time; then every process this one started that is still there."""
+    """Ray's own shutdown, bounded in time; then every process this one started that is still there.
+    Stop signals stay ignored throughout: Ray's shutdown puts SIGTERM back to its default action (its
+    core worker uninstalls the failure-signal handlers it installed, SIGTERM's among them), and a second
+    SIGTERM then killed this process mid-stop, leaving Ray running. So while Ray stops, the main thread
+    ignores them again every few ms (/proc showed the default back 0.27 s into the stop)."""
     import ray
 
     started = descendants(os.getpid())
     if ray.is_initialized():
         stopper = threading.Thread(target=ray.shutdown, daemon=True)
         stopper.start()
-        stopper.join(STOP_BUDGET_S)
+        deadline = time.monotonic() + STOP_BUDGET_S
+        while stopper.is_alive() and time.monotonic() < deadline:
+            stopper.join(SIGNALS_REASSERTED_EVERY_S)
+            _ignore_stop_signals()
+        _ignore_stop_signals()  # a reset as the shutdown ended, after the last turn above
     kill_all(started)  # those already gone are skipped
 
 
