@@ -454,10 +454,10 @@ def _healthy(base_url: str) -> bool:
 
 def stop_local_ray() -> None:
     """Ray's own shutdown, bounded in time; then every process this one started that is still there.
-    Stop signals stay ignored throughout: Ray's shutdown puts SIGTERM back to its default action (its
-    core worker uninstalls the failure-signal handlers it installed, SIGTERM's among them), and a second
-    SIGTERM then killed this process mid-stop, leaving Ray running. So while Ray stops, the main thread
-    ignores them again every few ms (/proc showed the default back 0.27 s into the stop)."""
+    Stop signals stay ignored throughout: part way through, Ray's shutdown puts SIGTERM back to its
+    default action (/proc showed it 0.27 s into the stop, from Ray's C++ side), and a second SIGTERM then
+    killed this process mid-stop, leaving Ray running. So while Ray stops, the main thread ignores them
+    again every few ms."""
     import ray
 
     started = descendants(os.getpid())
