@@ -31,7 +31,7 @@ from benchmarks.cpu_share import TICKS_PER_SECOND, cpu_ticks_by_process
 from benchmarks.load import load_photos, sweep
 from benchmarks.report import RESULTS, command_line, machine_line, markdown_table
 from serve_app.launch.harness import healthz_ok, running, wait_ready
-from serve_app.launch.processes import descendants, processes
+from serve_app.launch.processes import descendants, main_thread_cpu_ticks, processes
 from serve_app.settings import RESULT_CACHE_ENV_VAR
 
 CONCURRENCY = 32
@@ -69,16 +69,13 @@ def cores_by_kind(before: dict, after: dict, seconds: float, stack: set[int]) ->
 
 
 def main_thread_ticks(pids: set[int]) -> dict[int, tuple[int, str]]:
-    """CPU ticks of the main thread (its thread id is its pid) of each of Serve's actors, with its command."""
+    """CPU ticks of the main thread of each of Serve's actors among `pids`, with its command."""
     found = {}
-    for pid in pids:
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if command.startswith(SERVE_ACTORS):
-            found[pid] = (int(fields[11]) + int(fields[12]), command)
+    for process in processes():
+        if process.pid in pids and process.command.startswith(SERVE_ACTORS):
+            ticks = main_thread_cpu_ticks(process.pid)
+            if ticks is not None:
+                found[process.pid] = (ticks, process.command)
     return found
 
 

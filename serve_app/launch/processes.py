@@ -29,14 +29,28 @@ def processes() -> list[ProcessInfo]:
         if not entry.name.isdigit():
             continue
         try:
-            # The fields after the parenthesised name, which may itself hold spaces or parentheses.
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(entry / "stat")
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, IndexError):
             continue
         found.append(ProcessInfo(int(entry.name), fields[0], int(fields[1]), int(fields[3]),
                                  int(fields[11]) + int(fields[12]), command))
     return found
+
+
+def main_thread_cpu_ticks(pid: int) -> int | None:
+    """User + system CPU time of the process's main thread alone (its thread id is its pid), in clock
+    ticks, or None once it has gone."""
+    try:
+        fields = _stat_fields(Path(f"/proc/{pid}/task/{pid}/stat"))
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+def _stat_fields(path: Path) -> list[str]:
+    # The fields after the parenthesised name, which may itself hold spaces or parentheses.
+    return path.read_text().rsplit(")", 1)[1].split()
 
 
 def process_name(pid: int) -> str | None:

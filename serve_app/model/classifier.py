@@ -81,11 +81,12 @@ class Classifier:
         self._metrics = ModelMetrics(self._backend.name)
         self._decode_device = None
         self._decode_limits = decode_limits
-        self._threads = threads  # a CPU decodes this many parts of a batch side by side
+        self._decode_parts = 1  # decoded side by side: one part per thread on a CPU, a whole chunk for nvJPEG
         if settings.decode_on_replica:
             import torch  # only replicas that decode need it (ONNX replicas otherwise never import torch)
 
             self._decode_device = torch.device(self._backend.device)
+            self._decode_parts = threads if self._decode_device.type == "cpu" else 1
         self._info["decodes_jpeg"] = self._decode_device is not None
         self._info["answer_identity"] = answer_identity(self._info, self._backend.artifact_sha256, settings,
                                                         decode_limits)
@@ -158,7 +159,7 @@ class Classifier:
 
         if self._decode_device is None:
             raise RuntimeError("this model deployment does not decode (model.decode_on_replica is false)")
-        parts = split_for_threads(encoded, self._threads if self._decode_device.type == "cpu" else 1)
+        parts = split_for_threads(encoded, self._decode_parts)
         decoded = joined(await asyncio.gather(*(asyncio.to_thread(decode_batch, part, self._decode_device,
                                                                   self._decode_limits) for part in parts)))
         rows: list[np.ndarray | ServiceError] = [decoded.errors.get(index) for index in range(len(encoded))]
