@@ -8,11 +8,13 @@ image, not 1,000 probabilities. Labels belong to the ingress.
 Inference runs in a worker thread so the replica keeps accepting calls (and the next batch keeps
 filling) while the current one computes. A forward pass that raises fails that batch's calls only.
 
-The batch wait adapts to load: a call that finds the replica empty starts its batch at once, so a
-lone request is never held; one that finds other calls already inside (queued or computing) lets
-its batch wait up to `batch_wait_timeout_s` to fill, since under load fuller batches spend less CPU
-per image (benchmarks/results/batching.md). Each replica reports the images inside it, averaged
-over time, as the custom metric the model deployment autoscales on (serve_app/model/autoscaling.py).
+The batch wait adapts to load: a call that finds the replica empty has nothing to batch with, so it
+is computed at once, without @serve.batch's queue (whose hops cost about a millisecond per call on
+2 cores), and a lone request is never held; one that finds other calls already inside (queued or
+computing) goes through @serve.batch, whose batch waits up to `batch_wait_timeout_s` to fill, since
+under load fuller batches spend less CPU per image (benchmarks/results/batching.md). Forward passes
+run one at a time either way. Each replica reports the images inside it, averaged over time, as the
+custom metric the model deployment autoscales on (serve_app/model/autoscaling.py).
 """
 
 from __future__ import annotations
@@ -46,11 +48,9 @@ log = logging.getLogger("ray.serve")
 
 def replica_cpu_count() -> int:
     """Threads to use: the CPUs Ray gave this replica, so replicas on one node don't oversubscribe."""
-    try:
-        assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    except Exception:  # not inside a Ray worker (tests, CLI)
-        assigned = 1.0
-    return max(1, math.ceil(assigned))
+    if not ray.is_initialized():  # not inside a Ray worker (tests): asking Ray would start a local cluster
+        return 1
+    return max(1, math.ceil(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)))
 
 
 @serve.deployment(name="Classifier")
@@ -76,6 +76,7 @@ class Classifier:
                                         "warning": choice.warning}
         self._batch = _DEFAULT_BATCH
         self._inside = 0  # calls in this replica: queued for a batch or computing
+        self._forward_pass = asyncio.Lock()  # a lone call's and a batch's would share the same threads
         self._images_in_flight = TimeAverage()
         self._batch_sizes: Counter[int] = Counter()  # how full batches run, since start
         self._metrics = ModelMetrics(self._backend.name)
@@ -102,17 +103,18 @@ class Classifier:
             )
         self._batch = batch
         self._classify_batch.set_max_batch_size(self._batch.max_calls_per_batch)
+        self._classify_batch.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s)
 
     async def classify(self, requests: list[ImageBatch]) -> list[TopK]:
         """The top k of each image of each request in one call from an ingress replica (the requests
-        it held together), computed in a batch with other calls' images."""
-        # Set before enqueueing: the batch loop reads the wait when this call starts a batch.
-        self._classify_batch.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s if self._inside else 0.0)
+        it held together), computed in a batch with other calls' images, or at once where it finds
+        the replica empty."""
+        lone = not self._inside
         images = sum(len(request) for request in requests)
         self._inside += 1
         self._images_in_flight.add(images)
         try:
-            return await self._classify_batch(requests)
+            return await (self._answers(requests) if lone else self._classify_batch(requests))
         finally:
             self._inside -= 1
             self._images_in_flight.add(-images)
@@ -122,7 +124,8 @@ class Classifier:
         images in this replica (queued or computing) since the last report."""
         return {IMAGES_IN_FLIGHT: self._images_in_flight.mean_since_last_read()}
 
-    @serve.batch(max_batch_size=_DEFAULT_BATCH.max_calls_per_batch, batch_wait_timeout_s=0.0)
+    @serve.batch(max_batch_size=_DEFAULT_BATCH.max_calls_per_batch,
+                 batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s)
     async def _classify_batch(self, calls: list[list[ImageBatch]]) -> list[list[TopK]]:
         """Up to max_calls_per_batch calls together; each call's requests get their answers back."""
         answers = iter(await self._answers([request for call in calls for request in call]))
@@ -171,9 +174,10 @@ class Classifier:
     async def _probabilities(self, batch) -> np.ndarray:
         """One forward pass, off the event loop, counted in the batch-size stats and metrics."""
         self._batch_sizes[len(batch)] += 1
-        started = time.perf_counter()
-        logits = await asyncio.to_thread(self._backend.infer, batch)
-        self._metrics.batch(len(batch), time.perf_counter() - started)
+        async with self._forward_pass:
+            started = time.perf_counter()
+            logits = await asyncio.to_thread(self._backend.infer, batch)
+            self._metrics.batch(len(batch), time.perf_counter() - started)
         return softmax(logits)
 
     def info(self) -> dict:
