@@ -43,7 +43,7 @@ from serve_app.model.artifacts import (
     INPUT_NAME,
     OUTPUT_NAME,
     RECIPES,
-    SERVED_RECIPE,
+    served_recipe,
     Int8Recipe,
     export_onnx,
     quantize_int8,
@@ -252,7 +252,7 @@ def plot(results: dict, recipes: list[str], path: Path) -> None:
         axis.bar(np.arange(len(recipes)) + index * width, values, width, label=name)
     axis.axhline(100 * TARGET_TOP1, color="black", linestyle="--", linewidth=1, label=f"target {TARGET_TOP1:.0%}")
     axis.set_xticks(np.arange(len(recipes)) + width * (len(results) - 1) / 2,
-                    [f"{r} (served)" if r == SERVED_RECIPE.name else r for r in recipes], fontsize=7, rotation=20, ha="right")
+                    [f"{r} (served)" if r == served_recipe().name else r for r in recipes], fontsize=7, rotation=20, ha="right")
     axis.set(ylabel="top-1 agreement with FP32 (%)", ylim=(80, 100.5),
              title="INT8 recipes against FP32, on images never used for calibration")
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -268,12 +268,12 @@ def write_results(results: dict, recipes: list[str], command: str) -> str:
     rows = []
     for recipe in recipes:
         speed, build = (results[first]["recipes"][recipe][key] for key in ("speedup", "build_seconds"))
-        cells = [f"{recipe} (served)" if recipe == SERVED_RECIPE.name else recipe, f"{speed:.2f}x", f"{build:.0f}"]
+        cells = [f"{recipe} (served)" if recipe == served_recipe().name else recipe, f"{speed:.2f}x", f"{build:.0f}"]
         for measured in results.values():
             r = measured["recipes"][recipe]
             cells.append(f"{r['top1_agreement']:.1%} / {r['top5_overlap']:.1%} / {r['max_abs_prob_error']:.3f}")
         rows.append(cells)
-    served = {name: m["recipes"].get(SERVED_RECIPE.name) for name, m in results.items()}
+    served = {name: m["recipes"].get(served_recipe().name) for name, m in results.items()}
     lines = [
         "# INT8 fidelity: each quantization recipe against its FP32 model",
         "",
@@ -288,7 +288,7 @@ def write_results(results: dict, recipes: list[str], command: str) -> str:
     ]
     if all(served.values()):
         lines += [
-            f"Served recipe `{SERVED_RECIPE.name}`: "
+            f"Served recipe `{served_recipe().name}`: "
             + ", ".join(f"{name} {r['top1_agreement']:.1%}" for name, r in served.items())
             + f" top-1 agreement (target {TARGET_TOP1:.0%} on each), "
             + f"{next(iter(served.values()))['speedup']:.2f}x FP32's speed (target {TARGET_SPEEDUP:g}x).",
@@ -305,10 +305,10 @@ def write_results(results: dict, recipes: list[str], command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--recipes", default=",".join(dict.fromkeys([*RECIPES, served_recipe().name])))
     parser.add_argument("--networks", default="stand-in,seeded,digits")
     args = parser.parse_args()
-    recipes = [RECIPES[name] for name in args.recipes.split(",")]
+    recipes = [served_recipe() if name == served_recipe().name else RECIPES[name] for name in args.recipes.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         results = {n.name: measure(n, recipes, Path(folder)) for n in networks(args.networks.split(","))}
     print(write_results(results, [r.name for r in recipes], command_line()))

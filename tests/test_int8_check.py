@@ -90,3 +90,25 @@ def artifacts_choice(name: str, share: float):
     from serve_app.model.backends import BackendChoice
 
     return BackendChoice(name, {"top1_agreement": share, "images": 68, "photos": "68 held-out photos"})
+
+
+def test_a_cpu_whose_int8_kernels_saturate_is_served_7_bit_weights(tmp_path, monkeypatch):
+    """x86-64 without VNNI sums uint8 x int8 pairs into int16, which full 8-bit weights can saturate."""
+    from serve_app.model import artifacts
+
+    monkeypatch.setattr(artifacts.platform, "machine", lambda: "x86_64")
+    cpuinfo = tmp_path / "cpuinfo"
+    for flags, saturates in (("fpu sse2 avx2 fma", True), ("fpu avx2 avx512f avx512_vnni", False),
+                             ("fpu avx2 avx_vnni", False)):
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+        assert artifacts.int8_saturates_here(cpuinfo) is saturates, flags
+    assert artifacts.int8_saturates_here(tmp_path / "missing") is False
+    monkeypatch.setattr(artifacts.platform, "machine", lambda: "aarch64")
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd\n")
+    assert artifacts.int8_saturates_here(cpuinfo) is False
+
+    monkeypatch.setattr(artifacts, "int8_saturates_here", lambda: True)
+    seven_bit = artifacts.served_recipe()
+    assert seven_bit.reduce_range and seven_bit.name == artifacts.SERVED_RECIPE.name + "-7bit"
+    monkeypatch.setattr(artifacts, "int8_saturates_here", lambda: False)
+    assert artifacts.served_recipe() == artifacts.SERVED_RECIPE

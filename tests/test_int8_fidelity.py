@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.int8_fidelity import EVALUATION_FROM, measure, networks, variants
 from serve_app.imaging import image_files
-from serve_app.model.artifacts import ARTIFACT_FILES, RECIPES, SERVED_RECIPE
+from serve_app.model.artifacts import ARTIFACT_FILES, RECIPES, int8_saturates_here, served_recipe
 from serve_app.settings import SHARED_IMAGES
 
 pytestmark = pytest.mark.timeout(900)
@@ -34,15 +34,15 @@ def measured(tmp_path_factory, standin_artifacts) -> dict:
     """Speed is the benchmark's to measure; the stand-in's served INT8 is the one the service serves
     (the session's artifacts, built by that recipe from the same FP32 and calibration photos)."""
     folder = tmp_path_factory.mktemp("int8")
-    recipes = [RECIPES["all-int8"], RECIPES["classifier-fp32"], SERVED_RECIPE]
-    served = {"stand-in": {SERVED_RECIPE.name: standin_artifacts / ARTIFACT_FILES["onnx-int8"]}}
+    recipes = [RECIPES["all-int8"], RECIPES["classifier-fp32"], served_recipe()]
+    served = {"stand-in": {served_recipe().name: standin_artifacts / ARTIFACT_FILES["onnx-int8"]}}
     return {network.name: measure(network, recipes, folder, timed=False, built=served.get(network.name))
             for network in networks(["stand-in", "seeded"])}
 
 
 @pytest.mark.parametrize("network", ["stand-in", "seeded"])
 def test_the_served_recipe_agrees_with_fp32_on_images_it_never_saw(measured, network):
-    served = measured[network]["recipes"][SERVED_RECIPE.name]
+    served = measured[network]["recipes"][served_recipe().name]
     assert measured[network]["images"] == evaluation_images(), "every variant of every photo never calibrated on"
     assert served["top1_agreement"] >= MIN_TOP1, served
     assert served["top5_overlap"] >= MIN_TOP5_OVERLAP, served
@@ -52,12 +52,14 @@ def test_the_served_recipe_agrees_with_fp32_on_images_it_never_saw(measured, net
 @pytest.mark.parametrize("network", ["stand-in", "seeded"])
 def test_gptq_rounding_and_percentile_ranges_beat_nearest_rounding_with_min_max_ranges(measured, network):
     recipes = measured[network]["recipes"]
-    served, nearest = recipes[SERVED_RECIPE.name], recipes["classifier-fp32"]
+    served, nearest = recipes[served_recipe().name], recipes["classifier-fp32"]
     assert served["top1_agreement"] > nearest["top1_agreement"], (served, nearest)
     assert served["max_abs_prob_error"] < nearest["max_abs_prob_error"], (served, nearest)
 
 
 @pytest.mark.parametrize("network", ["stand-in", "seeded"])
+@pytest.mark.skipif(int8_saturates_here(), reason="8-bit weights saturate on this CPU (x86 without VNNI): the "
+                    "recipes compared here are not what it builds; served_recipe() uses 7-bit weights here")
 def test_keeping_the_classifier_in_fp32_bounds_the_probability_error(measured, network):
     """Quantizing the classifier's 1000-way output is what moved probabilities by up to 0.3."""
     recipes = measured[network]["recipes"]
