@@ -7,7 +7,9 @@
     python -m benchmarks.compare --systems ours,flask-int8,litserve-int8 --rounds 3 --out serving_rounds
 
 Systems: `ours` (configs/cpu.yaml sized for this machine by `sized_for_two_cores`, started as
-`make serve` starts it: `python -m serve_app serve`, with its lean Ray), `plain-serve`
+`make serve` starts it: `python -m serve_app serve`, with its lean Ray, serving the INT8 model:
+`backend: onnx-int8`, where the shipped `auto` serves INT8 only on CPUs where it passes its fidelity
+check and ONNX FP32 elsewhere; the results say which this CPU gets), `plain-serve`
 (benchmarks/baselines/plain_serve.py with Ray's defaults), `plain-serve+ray-settings` (the same
 with the Ray settings `python -m serve_app serve` uses; not a target), `flask`
 (benchmarks/baselines/flask_app.py under gunicorn, one worker per core, torch's default threads)
@@ -80,7 +82,8 @@ LEVELS = [1, 8, 32, 64]
 NULL_LEVELS = [1, 8, 32, 64, 128]
 TARGETS = {"vs_flask": 3.0, "vs_plain": 2.0, "p99_over_p50_at_8": 3.0}
 MIN_TOP1_AGREEMENT = 0.9  # INT8 systems included; see benchmarks/results/int8_fidelity.md
-INT8 = {"BASELINE_BACKEND": "onnx-int8"}
+SAME_MODEL = "onnx-int8"  # what ours serves here, and the same-model peers with it
+INT8 = {"BASELINE_BACKEND": SAME_MODEL}
 NULL = {"BASELINE_BACKEND": "null"}  # benchmarks/baselines/common.py: decode as usual, then the fixed logits
 
 
@@ -106,13 +109,15 @@ def post_ok(path: str):
     return ready
 
 
-def ours_config(weights: str, edit=sized_for_two_cores, backend: str | None = None) -> dict:
-    """configs/cpu.yaml sized for 2 cores, on free ports of 127.0.0.1."""
+def ours_config(weights: str, edit=sized_for_two_cores, backend: str = SAME_MODEL) -> dict:
+    """configs/cpu.yaml sized for 2 cores, on free ports of 127.0.0.1, serving `backend`: the INT8 model
+    unless told otherwise. configs/cpu.yaml's `auto` serves it only where INT8 passes its fidelity check
+    on this CPU (ONNX FP32 otherwise); a comparison with peers running INT8 needs INT8 either way."""
     return sized_config(free_port(), weights=weights, backend=backend, edit=edit)
 
 
 @contextmanager
-def ours(weights: str, edit=sized_for_two_cores, backend: str | None = None, env: dict[str, str] | None = None,
+def ours(weights: str, edit=sized_for_two_cores, backend: str = SAME_MODEL, env: dict[str, str] | None = None,
          config: dict | None = None) -> Iterator[str]:
     """`config` (default: ours_config) started the way `make serve` starts it (its lean Ray)."""
     with serve_run(config or ours_config(weights, edit, backend), env={**RAY_ENV, **(env or {})}, launcher=True) as url:
@@ -240,9 +245,25 @@ def null_labels(photos) -> list[str]:
     return [CATEGORIES[int(NULL_LOGITS.argmax())]] * len(photos)
 
 
+def healthz(url: str) -> dict:
+    return httpx.get(url.rsplit("/v1/", 1)[0] + "/healthz", timeout=30).json()
+
+
 def call_stats(url: str) -> dict:
     """Requests and model calls of our ingress replica so far (its /healthz)."""
-    return httpx.get(url.rsplit("/v1/", 1)[0] + "/healthz", timeout=30).json()["ingress"]
+    return healthz(url)["ingress"]
+
+
+def served_model_line(replica: dict) -> str:
+    """What our model replica served, and what configs/cpu.yaml's `backend: auto` would on this CPU."""
+    check = replica.get("int8_check")
+    line = f"- Ours served `{replica['backend']}` ({replica['threads']} threads), pinned so that it runs the same model as its peers."
+    if check:
+        passes = check["top1_agreement"] >= check["min_agreement"]
+        line += (f" On this CPU INT8's top-1 agreement with FP32 was {check['top1_agreement']:.1%} ({check['photos']}; "
+                 f"int8_min_agreement {check['min_agreement']:.0%}), so configs/cpu.yaml as shipped (`backend: auto`) "
+                 + ("serves INT8 here too." if passes else "serves ONNX FP32 here instead."))
+    return line
 
 
 def served_labels(url: str, photos) -> list[str]:
@@ -424,6 +445,7 @@ def write_results(args, rounds: list[dict[str, list[LoadResult]]], ceiling: floa
            "its round, so the machine's drift over the run moves ours and its peers alike."]
           if len(rounds) > 1 else []),
         f"- Ours: {RESULT_CACHE_OFF} As in every peer; benchmarks/results/cache.md measures it on.",
+        *([served_model_line(args.ours_replica)] if args.ours_replica else []),
         "",
     ]
     for name, results in series.items():
@@ -524,6 +546,8 @@ def measure(name: str, args, photos, reference: list[str] | None, levels: list[i
         else:
             share = check_agreement(name, served_labels(url, photos), reference, MIN_TOP1_AGREEMENT)
         args.agreement[name] = min(share, args.agreement.get(name, share))
+        if name == "ours":
+            args.ours_replica = healthz(url)["replica"]
         system_levels = null_levels if name in NULL_SYSTEMS else levels
         if name not in ("ours", "ours-null"):
             return sweep(url, system_levels, photos, seconds=args.seconds, label=name)
@@ -560,7 +584,7 @@ def main() -> None:
     photos = load_photos()
     systems = args.systems.split(",")
     reference = reference_labels(args.weights, photos) if set(systems) - set(NULL_SYSTEMS) else None
-    rounds, args.agreement, calls_by_round = [], {}, {}
+    rounds, args.agreement, calls_by_round, args.ours_replica = [], {}, {}, None
     for _ in range(args.rounds):  # every system in turn, then again: the machine drifts between rounds
         rounds.append({name: measure(name, args, photos, reference, levels, null_levels, calls_by_round)
                        for name in systems})
