@@ -46,9 +46,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
-import statistics
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial

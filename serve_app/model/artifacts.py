@@ -12,11 +12,11 @@ import contextlib
 import io
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
