@@ -16,9 +16,8 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-import httpx
 
-from benchmarks.compare import ours, sized_for_two_cores
+from benchmarks.compare import healthz, ours, sized_for_two_cores
 from benchmarks.load import LoadResult, load_photos, sweep
 from benchmarks.report import RESULT_CACHE_OFF, RESULTS, command_line, machine_line, markdown_table
 from serve_app.launch.harness import deployment
@@ -51,7 +50,7 @@ def variant_config(num_cpus: float, batch: int, wait: float, ongoing: int):
 
 def batch_sizes(classify_url: str) -> Counter[int]:
     """How many batches of each size the model replica has run (its /healthz report)."""
-    health = httpx.get(classify_url.replace("/v1/classify", "/healthz"), timeout=30).json()
+    health = healthz(classify_url)
     return Counter({int(size): n for size, n in health["replica"]["batching"]["batch_sizes"].items()})
 
 

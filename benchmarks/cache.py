@@ -29,7 +29,7 @@ from typing import Iterator
 import httpx
 import numpy as np
 
-from benchmarks.compare import MIN_TOP1_AGREEMENT, ours, reference_labels, sized_for_two_cores
+from benchmarks.compare import MIN_TOP1_AGREEMENT, healthz, ours, reference_labels, sized_for_two_cores
 from benchmarks.load import LoadResult, load_photos, run_load
 from benchmarks.report import RESULTS, Disagrees, check_agreement, command_line, machine_line, markdown_table
 from serve_app.launch.harness import free_port, sized_config
@@ -113,7 +113,7 @@ def check_answers(variant: str, first: list[dict], second: list[dict], second_ca
 
 
 def cache_stats(url: str) -> dict:
-    return httpx.get(url.rsplit("/v1/", 1)[0] + "/healthz", timeout=30).json()["ingress"]["cache"]
+    return healthz(url)["ingress"]["cache"]
 
 
 def write_results(args, results: dict[str, LoadResult], hits: dict[str, float], store_errors: dict[str, int],

@@ -246,6 +246,7 @@ def null_labels(photos) -> list[str]:
 
 
 def healthz(url: str) -> dict:
+    """Our service's /healthz, from the URL of one of its /v1/ routes."""
     return httpx.get(url.rsplit("/v1/", 1)[0] + "/healthz", timeout=30).json()
 
 
