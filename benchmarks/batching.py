@@ -16,7 +16,6 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-
 from benchmarks.compare import healthz, ours, sized_for_two_cores
 from benchmarks.load import LoadResult, load_photos, sweep
 from benchmarks.report import RESULT_CACHE_OFF, RESULTS, command_line, machine_line, markdown_table
